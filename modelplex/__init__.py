@@ -1,0 +1,54 @@
+"""modelplex: serve many models from a shared pool of replicas.
+
+Written so that Ray Serve's model multiplexing code runs with ``import modelplex as serve``.
+"""
+
+from ._api import delete, get_app_handle, get_deployment_handle, run, shutdown, start
+from ._config import HTTPOptions
+from ._context import get_multiplexed_model_id
+from ._deployment import Application, Deployment, deployment
+from ._errors import (
+    BackPressureError,
+    DeploymentFailedError,
+    MissingModelIdError,
+    ModelIdError,
+    ModelLoadTimeoutError,
+    ModelplexError,
+    ModelTooLargeError,
+    RemoteError,
+    ReplicaDiedError,
+    RequestTimeoutError,
+    RouteNotFoundError,
+)
+from ._handle import DeploymentHandle, DeploymentResponse
+from ._multiplex import multiplexed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Application",
+    "BackPressureError",
+    "Deployment",
+    "DeploymentFailedError",
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "HTTPOptions",
+    "MissingModelIdError",
+    "ModelIdError",
+    "ModelLoadTimeoutError",
+    "ModelTooLargeError",
+    "ModelplexError",
+    "RemoteError",
+    "ReplicaDiedError",
+    "RequestTimeoutError",
+    "RouteNotFoundError",
+    "delete",
+    "deployment",
+    "get_app_handle",
+    "get_deployment_handle",
+    "get_multiplexed_model_id",
+    "multiplexed",
+    "run",
+    "shutdown",
+    "start",
+]

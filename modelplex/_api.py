@@ -1,0 +1,86 @@
+"""The functions users call: ``serve.start``, ``serve.run``, ``serve.shutdown`` and friends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _runtime
+from ._config import HTTPOptions
+from ._deployment import Application
+from ._handle import DeploymentHandle
+
+
+def start(http_options: HTTPOptions | dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """Start modelplex in this process (``serve.run`` does it for you with the defaults).
+
+    ``http_options`` sets where the proxy listens, e.g. ``{"host": "127.0.0.1", "port": 8000}``.
+    """
+    runtime = _runtime.current_runtime()
+    if runtime is not None:
+        wanted = HTTPOptions.from_value(http_options)
+        if http_options is not None and wanted != runtime.http_options:
+            raise RuntimeError(
+                "modelplex is already running with other http_options; call serve.shutdown() "
+                "first"
+            )
+        return
+    _runtime.get_runtime(http_options, **kwargs)
+
+
+def run(
+    target: Application,
+    *,
+    name: str = "default",
+    route_prefix: str = "/",
+    blocking: bool = False,
+) -> DeploymentHandle:
+    """Deploy ``target`` as application ``name`` and return a handle to its ingress.
+
+    Returns once every replica is ready. Running the same name again replaces the application:
+    the new replicas take over, the old ones drain and stop and unload their models.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if not isinstance(route_prefix, str) or not route_prefix.startswith("/"):
+        raise ValueError(f"route_prefix must start with '/', got {route_prefix!r}")
+    if len(route_prefix) > 1 and route_prefix.endswith("/"):
+        raise ValueError(f"route_prefix must not end with '/', got {route_prefix!r}")
+    handle = _runtime.get_runtime().run(target, name, route_prefix)
+    if blocking:
+        _block_forever()
+    return handle
+
+
+def _block_forever() -> None:
+    import threading
+
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        shutdown()
+
+
+def delete(name: str) -> None:
+    """Stop application ``name`` and unload its models."""
+    runtime = _runtime.current_runtime()
+    if runtime is not None:
+        runtime.delete(name)
+
+
+def shutdown() -> None:
+    """Stop every application, unload every model and stop the proxy."""
+    _runtime.shutdown()
+
+
+def get_app_handle(name: str = "default") -> DeploymentHandle:
+    runtime = _runtime.current_runtime()
+    if runtime is None:
+        raise RuntimeError("modelplex is not running; call serve.run() first")
+    for app_name, ingress in runtime.controller.routes().values():
+        if app_name == name:
+            return DeploymentHandle(ingress.name, app_name)
+    raise KeyError(f"no application named {name!r}")
+
+
+def get_deployment_handle(deployment_name: str, app_name: str = "default") -> DeploymentHandle:
+    return DeploymentHandle(deployment_name, app_name)

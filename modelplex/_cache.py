@@ -1,0 +1,585 @@
+"""The per-replica model cache behind one ``@multiplexed`` loader.
+
+Rules that keep a replica correct under concurrent requests:
+
+* A request holds a reference to each model it acquired, taken before ``acquire`` first
+  awaits, so an eviction never unloads a model under a running request: the model is taken
+  out of the index at once ("draining") and unloaded when its last reference is released.
+* Concurrent acquires of one id share one load; loads of different ids run concurrently.
+  A waiter that is cancelled leaves the shared load running, and its result is cached.
+* Eviction runs only after a load succeeds, so a failed load costs the cache nothing. Loads
+  in flight do not count toward ``max_models``: while they run, the cache can briefly hold
+  more models than its limit.
+* Unloading a model runs its ``__del__`` exactly once (awaited if async, else in a thread),
+  then disarms it so the garbage collector does not run it a second time: the instance's
+  class becomes a subclass whose ``__del__`` does nothing (``isinstance`` still holds).
+
+Everything here runs on one event loop, the one ``acquire`` runs on; only the ``release``
+callables may be called from another thread (they hop to the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import numbers
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, cast
+
+from ._aio import running_loop
+from ._errors import ModelLoadTimeoutError, ModelTooLargeError
+from ._eviction import EntryView, EvictionPolicy, LRUPolicy, default_model_size
+
+__all__ = ["ModelCache", "ModelInfo", "ModelsSnapshot"]
+
+Loader = Callable[[str], Awaitable[Any]]
+Sizer = Callable[[Any], "int | None"]
+Release = Callable[[], None]
+
+_LOADING = "loading"
+_LOADED = "loaded"
+_DRAINING = "draining"  # evicted, unloaded when the last reference goes
+_GONE = "gone"  # failed, or unloading/unloaded
+
+_DISARMED = "_modelplex_disarmed"
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    size: int | None
+    last_used: float
+    load_s: float
+    pinned: bool
+    in_use: int  # references held by requests
+
+
+@dataclass(frozen=True)
+class ModelsSnapshot:
+    loaded: tuple[ModelInfo, ...]  # least to most recently used
+    loading: tuple[str, ...]
+
+
+class _Entry:
+    __slots__ = (
+        "model_id", "model", "state", "refs", "size", "last_used", "hits", "load_s", "pinned",
+        "task",
+    )
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.model: Any = None
+        self.state = _LOADING
+        self.refs = 0
+        self.size: int | None = None
+        self.last_used = 0.0
+        self.hits = 0
+        self.load_s = 0.0
+        self.pinned = False
+        self.task: asyncio.Task | None = None
+
+    def view(self) -> EntryView:
+        return EntryView(self.model_id, self.last_used, self.size, self.hits, self.load_s, self.pinned)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.model_id, self.size, self.last_used, self.load_s, self.pinned, self.refs)
+
+
+def _check_max_models(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_models must be an int, got {value!r}")
+    if value == 0 or value < -1:
+        raise ValueError(f"max_models must be >= 1 or -1 (unbounded), got {value!r}")
+    return value
+
+
+def _check_max_bytes(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_bytes must be an int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"max_bytes must be >= 1, got {value!r}")
+    return value
+
+
+def _check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"load_timeout_s must be a number or None, got {value!r}")
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"load_timeout_s must be > 0, got {value!r}")
+    return float(value)
+
+
+def _no_finalizer(self: Any) -> None:
+    """Stands in for a ``__del__`` that already ran."""
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    # Waiters may all be gone; read the outcome so asyncio does not warn it was never seen.
+    if not task.cancelled():
+        task.exception()
+
+
+class ModelCache:
+    """Models returned by ``loader``, at most ``max_models`` and ``max_bytes`` of them."""
+
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        max_models: int = 3,
+        max_bytes: int | None = None,
+        policy: EvictionPolicy | None = None,
+        sizer: Sizer | None = None,
+        load_timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        if not callable(loader):
+            raise TypeError(f"loader must be callable, got {loader!r}")
+        self._loader = loader
+        self._max_models = _check_max_models(max_models)
+        self._max_bytes = _check_max_bytes(max_bytes)
+        self._policy: EvictionPolicy = policy if policy is not None else LRUPolicy()
+        self._sizer: Sizer = sizer if sizer is not None else default_model_size
+        self._load_timeout_s = _check_timeout(load_timeout_s)
+        self._clock = clock
+        self._logger = logger if logger is not None else logging.getLogger("modelplex.replica")
+        # Public so the replica can attach itself after the cache is made.
+        self.on_change = on_change
+        self._loaded: dict[str, _Entry] = {}  # least to most recently used
+        self._loading: dict[str, _Entry] = {}
+        self._draining: dict[str, _Entry] = {}
+        self._unloads: set[asyncio.Task] = set()
+        self._disarmed_classes: dict[type, type] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._drained: asyncio.Event | None = None
+
+    # ---- reading -------------------------------------------------------------------------
+
+    @property
+    def max_models(self) -> int:
+        return self._max_models
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
+
+    @property
+    def load_timeout_s(self) -> float | None:
+        return self._load_timeout_s
+
+    @property
+    def total_bytes(self) -> int:
+        """Known bytes of the loaded models (unknown sizes count as 0)."""
+        return sum(e.size or 0 for e in self._loaded.values())
+
+    def snapshot(self) -> ModelsSnapshot:
+        return ModelsSnapshot(
+            tuple(e.info() for e in self._loaded.values()), tuple(self._loading)
+        )
+
+    def loaded_ids(self) -> tuple[str, ...]:
+        """Loaded ids, least to most recently used (not loading, not draining)."""
+        return tuple(self._loaded)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._loaded
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelCache(loaded={list(self._loaded)}, loading={list(self._loading)}, "
+            f"max_models={self._max_models}, max_bytes={self._max_bytes})"
+        )
+
+    # ---- requests ------------------------------------------------------------------------
+
+    async def acquire(self, model_id: str) -> tuple[Any, Release]:
+        """The model, loading it if needed, and an idempotent ``release`` for the reference.
+
+        Everything before the first ``await`` runs at once, so the reference is held before
+        any other task can evict the model.
+        """
+        if self._closed:
+            raise RuntimeError(f"the model cache is closed; cannot acquire model '{model_id}'")
+        self._loop = asyncio.get_running_loop()
+        entry = self._loaded.get(model_id)
+        if entry is not None:
+            self._touch(entry)
+            return entry.model, self._hold(entry)
+        entry = self._draining.get(model_id)
+        if entry is not None:
+            release = self._hold(entry)
+            self._resurrect(entry)
+            return entry.model, release
+        entry = self._loading.get(model_id)
+        if entry is None:
+            entry = self._start_load(model_id)
+        entry.hits += 1
+        release = self._hold(entry)
+        task = cast(asyncio.Task, entry.task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            release()
+            if task.cancelled() and self._closed:
+                raise RuntimeError(
+                    f"the model cache closed while model '{model_id}' was loading"
+                ) from None
+            raise
+        except BaseException:
+            release()
+            raise
+        return entry.model, release
+
+    async def get(self, model_id: str) -> Any:
+        """The model, without holding it: for callers outside a request."""
+        model, release = await self.acquire(model_id)
+        release()
+        return model
+
+    def _hold(self, entry: _Entry) -> Release:
+        entry.refs += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            loop = self._loop
+            if loop is not None and running_loop() is not loop:
+                loop.call_soon_threadsafe(release)
+                return
+            released = True
+            self._drop(entry)
+
+        return release
+
+    def _drop(self, entry: _Entry) -> None:
+        entry.refs -= 1
+        if entry.refs > 0 or entry.state != _DRAINING:
+            return
+        if self._draining.get(entry.model_id) is entry:
+            del self._draining[entry.model_id]
+        self._begin_unload(entry)
+        if not self._draining and self._drained is not None:
+            self._drained.set()
+
+    def _touch(self, entry: _Entry) -> None:
+        entry.last_used = self._clock()
+        entry.hits += 1
+        self._loaded[entry.model_id] = self._loaded.pop(entry.model_id)  # to the MRU end
+
+    def _resurrect(self, entry: _Entry) -> None:
+        """An evicted model still in use was asked for again: keep it, no reload."""
+        del self._draining[entry.model_id]
+        entry.state = _LOADED
+        self._loaded[entry.model_id] = entry
+        entry.last_used = self._clock()
+        entry.hits += 1
+        self._logger.debug("Model '%s' was evicted but still in use; keeping it.", entry.model_id)
+        self._enforce(protect=frozenset((entry.model_id,)))
+        self._notify()
+
+    # ---- loading -------------------------------------------------------------------------
+
+    def _start_load(self, model_id: str) -> _Entry:
+        entry = _Entry(model_id)
+        self._loading[model_id] = entry
+        entry.task = asyncio.get_running_loop().create_task(
+            self._load(entry), name=f"modelplex-load-{model_id}"
+        )
+        entry.task.add_done_callback(_retrieve)
+        self._notify()
+        return entry
+
+    async def _load(self, entry: _Entry) -> None:
+        model_id = entry.model_id
+        self._logger.info("Loading model '%s'.", model_id)
+        start = self._clock()
+        try:
+            model = await self._call_loader(model_id)
+        except Exception:
+            self._logger.exception("Failed to load model '%s'.", model_id)
+            self._forget_loading(entry)
+            raise
+        except BaseException:  # cancelled by close()
+            self._forget_loading(entry)
+            raise
+        load_s = self._clock() - start
+        self._logger.info("Successfully loaded model '%s' in %.1fms.", model_id, load_s * 1000)
+        try:
+            size = self._measure(model_id, model)
+        except Exception:
+            self._logger.exception("Failed to measure the size of model '%s'.", model_id)
+            self._discard(entry, model)
+            raise
+        if self._closed:
+            self._discard(entry, model)
+            raise RuntimeError(f"the model cache closed while model '{model_id}' was loading")
+        if size is not None and self._max_bytes is not None and size > self._max_bytes:
+            self._logger.error(
+                "Model '%s' needs %d bytes, more than the whole budget of %d bytes; "
+                "not caching it.", model_id, size, self._max_bytes,
+            )
+            self._discard(entry, model)
+            raise ModelTooLargeError(model_id, size, self._max_bytes)
+        self._install(entry, model, size, load_s)
+
+    async def _call_loader(self, model_id: str) -> Any:
+        awaitable = self._loader(model_id)
+        timeout = self._load_timeout_s
+        if timeout is None:
+            return await awaitable
+        # Our own timer rather than wait_for: a TimeoutError raised by the loader itself must
+        # reach the caller as it is, not turn into ModelLoadTimeoutError.
+        inner = asyncio.ensure_future(awaitable)
+        try:
+            done, _ = await asyncio.wait({inner}, timeout=timeout)
+        except BaseException:
+            inner.cancel()
+            raise
+        if inner in done:
+            return inner.result()
+        inner.cancel()
+        inner.add_done_callback(functools.partial(self._abandoned_load_done, model_id))
+        raise ModelLoadTimeoutError(model_id, timeout)
+
+    def _abandoned_load_done(self, model_id: str, task: asyncio.Future) -> None:
+        """A timed-out loader that ignored its cancellation: unload what it returned."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        self._spawn_unload(model_id, task.result())
+
+    def _measure(self, model_id: str, model: Any) -> int | None:
+        size = self._sizer(model)
+        if size is None:
+            return None
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+            raise TypeError(
+                f"the model size function returned {size!r} for model '{model_id}'; "
+                "it must return an int >= 0 or None"
+            )
+        return int(size)
+
+    def _discard(self, entry: _Entry, model: Any) -> None:
+        """A model that loaded but will not be cached: unload it, evicting nothing."""
+        self._forget_loading(entry)
+        self._spawn_unload(entry.model_id, model)
+
+    def _forget_loading(self, entry: _Entry) -> None:
+        entry.state = _GONE
+        if self._loading.get(entry.model_id) is entry:
+            del self._loading[entry.model_id]
+            self._notify()
+
+    def _install(self, entry: _Entry, model: Any, size: int | None, load_s: float) -> None:
+        del self._loading[entry.model_id]
+        entry.model = model
+        entry.size = size
+        entry.load_s = load_s
+        entry.last_used = self._clock()
+        entry.state = _LOADED
+        self._loaded[entry.model_id] = entry
+        self._enforce(protect=frozenset((entry.model_id,)))
+        self._notify()
+
+    # ---- eviction ------------------------------------------------------------------------
+
+    def _over_limits(self) -> bool:
+        if self._max_models != -1 and len(self._loaded) > self._max_models:
+            return True
+        return self._max_bytes is not None and self.total_bytes > self._max_bytes
+
+    def _enforce(self, protect: frozenset[str] = frozenset()) -> None:
+        """Evict until the limits hold; the caller calls ``_notify``."""
+        if not self._over_limits():
+            return
+        victims = self._policy.victims(
+            [e.view() for e in self._loaded.values()],
+            max_models=self._max_models,
+            max_bytes=self._max_bytes,
+            protect=protect,
+        )
+        for model_id in victims:
+            entry = self._loaded.get(model_id)
+            if entry is not None and not entry.pinned and model_id not in protect:
+                self._evict(entry)
+        if self._over_limits():
+            self._logger.warning(
+                "The model cache holds %d models and %d bytes, over its limits "
+                "(max_models=%s, max_bytes=%s): the rest are pinned or just loaded.",
+                len(self._loaded), self.total_bytes, self._max_models, self._max_bytes,
+            )
+
+    def _evict(self, entry: _Entry) -> asyncio.Task | None:
+        """Out of the index now; unloaded now, or when the last request lets go."""
+        del self._loaded[entry.model_id]
+        if entry.refs == 0:
+            return self._begin_unload(entry)
+        entry.state = _DRAINING
+        self._draining[entry.model_id] = entry
+        return None
+
+    def _begin_unload(self, entry: _Entry) -> asyncio.Task:
+        entry.state = _GONE
+        model, entry.model = entry.model, None
+        return self._spawn_unload(entry.model_id, model)
+
+    def _spawn_unload(self, model_id: str, model: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(
+            self._unload_model(model_id, model), name=f"modelplex-unload-{model_id}"
+        )
+        self._unloads.add(task)
+        task.add_done_callback(self._unloads.discard)
+        return task
+
+    async def _unload_model(self, model_id: str, model: Any) -> None:
+        self._logger.info("Unloading model '%s'.", model_id)
+        start = self._clock()
+        try:
+            await self._finalize(model)
+        except Exception:
+            self._logger.exception("Error in __del__ of model '%s'.", model_id)
+            return
+        elapsed_ms = (self._clock() - start) * 1000
+        self._logger.info("Successfully unloaded model '%s' in %.1fms.", model_id, elapsed_ms)
+
+    async def _finalize(self, model: Any) -> None:
+        cls = type(model)
+        finalizer = getattr(cls, "__del__", None)
+        if finalizer is None or getattr(cls, _DISARMED, False):
+            return
+        try:
+            if inspect.iscoroutinefunction(finalizer):
+                await finalizer(model)
+            else:
+                await asyncio.to_thread(finalizer, model)
+        finally:
+            self._disarm(model)
+
+    def _disarm(self, model: Any) -> None:
+        """Give the model a class whose ``__del__`` does nothing, so the GC won't run it again."""
+        cls = type(model)
+        try:
+            safe = self._disarmed_classes.get(cls)
+            if safe is None:
+                namespace = {
+                    "__del__": _no_finalizer,
+                    "__slots__": (),  # same layout, or __class__ assignment is refused
+                    "__module__": cls.__module__,
+                    "__qualname__": cls.__qualname__,
+                    _DISARMED: True,
+                }
+                safe = type(cls)(cls.__name__, (cls,), namespace)
+                self._disarmed_classes[cls] = safe
+            # Past any __setattr__ override (frozen dataclasses, torch modules).
+            object.__setattr__(model, "__class__", safe)
+        except Exception:
+            pass  # e.g. extension types: nothing more we can do
+
+    # ---- management ----------------------------------------------------------------------
+
+    def pin(self, model_id: str) -> None:
+        """Never evict this model (an explicit ``unload`` still does)."""
+        self._loaded_entry(model_id).pinned = True
+
+    def unpin(self, model_id: str) -> None:
+        self._loaded_entry(model_id).pinned = False
+        before = len(self._loaded)
+        self._enforce()
+        if len(self._loaded) != before:
+            self._notify()
+
+    def _loaded_entry(self, model_id: str) -> _Entry:
+        entry = self._loaded.get(model_id)
+        if entry is None:
+            raise KeyError(f"model '{model_id}' is not loaded")
+        return entry
+
+    async def unload(self, model_id: str) -> bool:
+        """Evict now, pinned or not; wait for the unload unless requests still hold it.
+
+        Returns False when the model is not loaded (including loading or draining).
+        """
+        entry = self._loaded.get(model_id)
+        if entry is None:
+            return False
+        task = self._evict(entry)
+        self._notify()
+        if task is not None:
+            await asyncio.shield(task)
+        return True
+
+    def resize(self, *, max_models: int = _UNSET, max_bytes: int | None = _UNSET) -> None:
+        """Change the limits; shrinking evicts at once."""
+        new_models = self._max_models if max_models is _UNSET else _check_max_models(max_models)
+        new_bytes = self._max_bytes if max_bytes is _UNSET else _check_max_bytes(max_bytes)
+        self._max_models, self._max_bytes = new_models, new_bytes
+        self._enforce()
+        self._notify()  # also when nothing was evicted: the room left has changed
+
+    async def wait_for_unloads(self) -> None:
+        """Wait until every unload started so far (and any it starts) has finished.
+
+        Models still draining are not waited for: their unload has not started.
+        """
+        while self._unloads:
+            await asyncio.gather(*list(self._unloads), return_exceptions=True)
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Unload everything; wait up to ``timeout_s`` for models still in use, then unload
+        them anyway. Loads in flight are cancelled; their waiters get RuntimeError."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        loads = [e.task for e in self._loading.values() if e.task is not None]
+        changed = bool(self._loading or self._loaded)
+        for entry in list(self._loading.values()):
+            entry.state = _GONE
+        self._loading.clear()
+        for task in loads:
+            task.cancel()
+        for entry in list(self._loaded.values()):
+            self._evict(entry)
+        if changed:
+            self._notify()
+        if loads:
+            await asyncio.wait(loads, timeout=max(0.0, deadline - loop.time()))
+        if self._draining:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                pass
+            for entry in list(self._draining.values()):
+                self._logger.warning(
+                    "Model '%s' is still used by %d requests after %.1fs; unloading it anyway.",
+                    entry.model_id, entry.refs, timeout_s,
+                )
+                self._begin_unload(entry)
+            self._draining.clear()
+        await self.wait_for_unloads()
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        callback = self.on_change
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception:
+            self._logger.exception("The model cache's on_change callback failed.")

@@ -1,0 +1,60 @@
+"""``modelplex run module:app``: serve an application until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import threading
+
+from ._config import DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT
+
+
+def _load(target: str):
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"modelplex: expected MODULE:APP, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"modelplex: cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise SystemExit(f"modelplex: module {module_name!r} has no {attr!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelplex")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve an application until interrupted")
+    run.add_argument("target", help="MODULE:APP, e.g. examples.inferencer:entry")
+    run.add_argument("--host", default=DEFAULT_HTTP_HOST)
+    run.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT)
+    run.add_argument("--name", default="default")
+    run.add_argument("--route-prefix", default="/")
+    args = parser.parse_args(argv)
+
+    import modelplex as serve
+
+    app = _load(args.target)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.run(app, name=args.name, route_prefix=args.route_prefix)
+        print(f"modelplex: serving {args.target} on http://{args.host}:{args.port}", flush=True)
+        stop.wait()
+    finally:
+        print("modelplex: shutting down", flush=True)
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

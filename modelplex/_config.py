@@ -1,0 +1,100 @@
+"""Typed, validated configuration, read once.
+
+Every option a user can set lands in one of these frozen dataclasses, checked when it is built:
+a bad value raises ``TypeError``/``ValueError`` naming the option and the value, so mistakes
+surface at decoration or ``serve.start`` time rather than deep inside a replica.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+
+
+def _int(name: str, value: Any, *, minimum: int, allow_minus_one: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if allow_minus_one and value == -1:
+        return value
+    if value < minimum:
+        extra = " or -1 (unbounded)" if allow_minus_one else ""
+        raise ValueError(f"{name} must be >= {minimum}{extra}, got {value!r}")
+    return value
+
+
+def _positive_float(name: str, value: Any, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """How one deployment runs; ``Deployment.options`` builds a new one with ``replace``."""
+
+    name: str
+    num_replicas: int = 1
+    max_ongoing_requests: int = 5
+    max_queued_requests: int = -1
+    graceful_shutdown_timeout_s: float = 20.0
+    health_check_timeout_s: float = 30.0
+    ray_actor_options: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        if "#" in self.name or "/" in self.name:
+            raise ValueError(f"name must not contain '#' or '/', got {self.name!r}")
+        _int("num_replicas", self.num_replicas, minimum=1)
+        _int("max_ongoing_requests", self.max_ongoing_requests, minimum=1)
+        _int("max_queued_requests", self.max_queued_requests, minimum=0, allow_minus_one=True)
+        _positive_float("graceful_shutdown_timeout_s", self.graceful_shutdown_timeout_s)
+        _positive_float("health_check_timeout_s", self.health_check_timeout_s)
+        if self.ray_actor_options is not None and not isinstance(self.ray_actor_options, Mapping):
+            raise TypeError(f"ray_actor_options must be a dict, got {self.ray_actor_options!r}")
+
+    def replace(self, **changes: Any) -> "DeploymentConfig":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown deployment option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class HTTPOptions:
+    """Where the proxy listens and what it accepts."""
+
+    host: str = DEFAULT_HTTP_HOST
+    port: int = DEFAULT_HTTP_PORT
+    request_timeout_s: float | None = None
+    max_body_bytes: int = 100 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"host must be a non-empty string, got {self.host!r}")
+        _int("port", self.port, minimum=0)
+        if self.port > 65535:
+            raise ValueError(f"port must be <= 65535, got {self.port!r}")
+        _positive_float("request_timeout_s", self.request_timeout_s, optional=True)
+        _int("max_body_bytes", self.max_body_bytes, minimum=1)
+
+    @classmethod
+    def from_value(cls, value: "HTTPOptions | Mapping[str, Any] | None") -> "HTTPOptions":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise TypeError(f"unknown http option(s): {', '.join(sorted(unknown))}")
+            return cls(**value)
+        raise TypeError(f"http_options must be a dict or HTTPOptions, got {value!r}")

@@ -1,0 +1,334 @@
+"""The controller: which applications exist, and which replicas serve each deployment.
+
+It lives in the process that called ``serve.run``, on the driver loop. It starts replicas
+through a backend, learns they are ready when they dial in, publishes each deployment's replica
+set under a version number (routers long-poll ``watch``), replaces replicas that die, and on
+redeploy starts the new replicas before it drains and stops the old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import string
+import sys
+from dataclasses import dataclass, field
+
+from ._backends import Backend, ReplicaProcess, ReplicaSpec
+from ._config import DeploymentConfig
+from ._errors import DeploymentFailedError
+from ._messages import (
+    DeploymentID,
+    ReplicaInfo,
+    ReplicaReady,
+    ReplicaSet,
+    ReplicaStartFailed,
+    ReplicaStopped,
+    StopReplica,
+    WatchReplicas,
+)
+from ._transport import Connection, ConnectionClosed, Server, start_server
+
+logger = logging.getLogger("modelplex.controller")
+
+_WATCH_TIMEOUT_S = 30.0
+_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_START_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment of an application, as ``serve.run`` hands it over."""
+
+    config: DeploymentConfig
+    payload: bytes  # cloudpickled (class, args, kwargs)
+
+
+@dataclass
+class _Replica:
+    replica_id: str
+    process: ReplicaProcess
+    ready: asyncio.Future
+    address: tuple[str, int] | None = None
+    control: Connection | None = None
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: bool = False
+
+
+@dataclass
+class _Deployment:
+    id: DeploymentID
+    spec: DeploymentSpec
+    replicas: dict[str, _Replica] = field(default_factory=dict)
+    live: bool = True
+    failures: int = 0
+
+
+@dataclass
+class _App:
+    name: str
+    route_prefix: str
+    ingress: DeploymentID
+    deployments: dict[str, _Deployment]
+
+
+class Controller:
+    def __init__(self, backend: Backend, *, secret: bytes, log_dir: str) -> None:
+        self._backend = backend
+        self._secret = secret
+        self._log_dir = log_dir
+        self._apps: dict[str, _App] = {}
+        self._published: dict[DeploymentID, _Deployment] = {}
+        self._versions: dict[DeploymentID, int] = {}
+        self._changed = asyncio.Condition()
+        self._starting: dict[str, _Replica] = {}
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._deploy_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("controller not started")
+        return self._server.address
+
+    async def start(self) -> None:
+        self._server = await start_server(self._on_connection, secret=self._secret)
+
+    # ---- applications ------------------------------------------------------------------------
+
+    def routes(self) -> dict[str, tuple[str, DeploymentID]]:
+        """route prefix -> (app name, ingress deployment)."""
+        return {app.route_prefix: (app.name, app.ingress) for app in self._apps.values()}
+
+    def app_names(self) -> list[str]:
+        return list(self._apps)
+
+    async def deploy(
+        self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str
+    ) -> None:
+        async with self._deploy_lock:
+            for other in self._apps.values():
+                if other.name != name and other.route_prefix == route_prefix:
+                    raise ValueError(
+                        f"route_prefix {route_prefix!r} is already used by application "
+                        f"{other.name!r}"
+                    )
+            new = {
+                spec.config.name: _Deployment(DeploymentID(name, spec.config.name), spec)
+                for spec in specs
+            }
+            try:
+                await asyncio.gather(*(self._start_replicas(d) for d in new.values()))
+            except BaseException:
+                await asyncio.gather(
+                    *(self._stop_deployment(d) for d in new.values()), return_exceptions=True
+                )
+                raise
+            old = self._apps.get(name)
+            self._apps[name] = _App(name, route_prefix, DeploymentID(name, ingress), new)
+            for deployment in new.values():
+                self._published[deployment.id] = deployment
+            await self._notify(*(d.id for d in new.values()))
+            if old is not None:
+                stale = [d for n, d in old.deployments.items() if n not in new]
+                for d in stale:
+                    self._published.pop(d.id, None)
+                await self._notify(*(d.id for d in stale))
+                await asyncio.gather(*(self._stop_deployment(d) for d in old.deployments.values()))
+
+    async def delete(self, name: str) -> None:
+        async with self._deploy_lock:
+            app = self._apps.pop(name, None)
+            if app is None:
+                return
+            for deployment in app.deployments.values():
+                if self._published.get(deployment.id) is deployment:
+                    del self._published[deployment.id]
+            await self._notify(*(d.id for d in app.deployments.values()))
+            await asyncio.gather(*(self._stop_deployment(d) for d in app.deployments.values()))
+
+    async def shutdown(self) -> None:
+        for name in list(self._apps):
+            await self.delete(name)
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.close()
+        await self._backend.close()
+
+    # ---- replica sets ------------------------------------------------------------------------
+
+    def replica_set(self, deployment_id: DeploymentID) -> ReplicaSet:
+        deployment = self._published.get(deployment_id)
+        version = self._versions.get(deployment_id, 0)
+        if deployment is None:
+            return ReplicaSet(deployment_id, version, (), exists=False)
+        config = deployment.spec.config
+        replicas = tuple(
+            ReplicaInfo(r.replica_id, r.address, config.max_ongoing_requests)
+            for r in deployment.replicas.values()
+            if r.address is not None and not r.stopping
+        )
+        return ReplicaSet(deployment_id, version, replicas, config.max_queued_requests)
+
+    async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet:
+        """Return the replica set once its version differs from ``known_version``."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(
+                        lambda: self._versions.get(deployment_id, 0) != known_version
+                        or self._closed
+                    ),
+                    _WATCH_TIMEOUT_S,
+                )
+            except asyncio.TimeoutError:
+                pass
+        return self.replica_set(deployment_id)
+
+    async def _notify(self, *deployment_ids: DeploymentID) -> None:
+        async with self._changed:
+            for deployment_id in deployment_ids:
+                self._versions[deployment_id] = self._versions.get(deployment_id, 0) + 1
+            self._changed.notify_all()
+
+    # ---- replicas ----------------------------------------------------------------------------
+
+    async def _start_replicas(self, deployment: _Deployment) -> None:
+        count = deployment.spec.config.num_replicas
+        await asyncio.gather(*(self._start_replica(deployment) for _ in range(count)))
+
+    async def _start_replica(self, deployment: _Deployment) -> _Replica:
+        replica_id = f"{deployment.id}#{''.join(random.choices(string.ascii_letters, k=6))}"
+        config = deployment.spec.config
+        spec = ReplicaSpec(
+            replica_id=replica_id,
+            deployment_id=deployment.id,
+            payload=deployment.spec.payload,
+            max_ongoing=config.max_ongoing_requests,
+            controller_address=self.address,
+            secret=self._secret,
+            log_dir=self._log_dir,
+            sys_path=tuple(p for p in sys.path if p),
+            cwd=os.getcwd(),
+            ray_actor_options=config.ray_actor_options,
+        )
+        loop = asyncio.get_running_loop()
+        process = await self._backend.start(spec)
+        replica = _Replica(replica_id, process, loop.create_future())
+        self._starting[replica_id] = replica
+        deployment.replicas[replica_id] = replica
+        self._spawn(self._monitor(deployment, replica))
+        try:
+            await asyncio.wait_for(asyncio.shield(replica.ready), _START_TIMEOUT_S)
+        except BaseException:
+            deployment.replicas.pop(replica_id, None)
+            replica.stopping = True
+            process.kill()
+            raise
+        finally:
+            self._starting.pop(replica_id, None)
+        deployment.failures = 0
+        return replica
+
+    async def _monitor(self, deployment: _Deployment, replica: _Replica) -> None:
+        code = await replica.process.wait()
+        replica.stopped.set()
+        if not replica.ready.done():
+            replica.ready.set_exception(
+                DeploymentFailedError(
+                    deployment.id.name, f"replica {replica.replica_id} exited with code {code}"
+                )
+            )
+            replica.ready.exception()  # mark retrieved
+        if replica.stopping or self._closed:
+            return
+        logger.warning("Replica %s died (exit code %s); replacing it.", replica.replica_id, code)
+        deployment.replicas.pop(replica.replica_id, None)
+        await self._notify(deployment.id)
+        if deployment.live and self._published.get(deployment.id) is deployment:
+            self._spawn(self._replace(deployment))
+
+    async def _replace(self, deployment: _Deployment) -> None:
+        while deployment.live and not self._closed:
+            try:
+                await self._start_replica(deployment)
+                await self._notify(deployment.id)
+                return
+            except Exception as exc:
+                deployment.failures += 1
+                delay = _RESTART_BACKOFF_S[min(deployment.failures, len(_RESTART_BACKOFF_S)) - 1]
+                logger.error(
+                    "Replacing a replica of %s failed (%s); retrying in %.1fs.",
+                    deployment.id, exc, delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _stop_deployment(self, deployment: _Deployment) -> None:
+        deployment.live = False
+        await asyncio.gather(
+            *(self._stop_replica(deployment, r) for r in list(deployment.replicas.values()))
+        )
+
+    async def _stop_replica(self, deployment: _Deployment, replica: _Replica) -> None:
+        replica.stopping = True
+        timeout = deployment.spec.config.graceful_shutdown_timeout_s
+        if replica.control is not None and not replica.control.closed:
+            try:
+                await replica.control.send(StopReplica(timeout))
+                await asyncio.wait_for(replica.stopped.wait(), timeout + 10.0)
+            except (ConnectionClosed, asyncio.TimeoutError, OSError):
+                pass
+        replica.process.kill()
+        await replica.stopped.wait()
+        deployment.replicas.pop(replica.replica_id, None)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- the control channel -----------------------------------------------------------------
+
+    async def _on_connection(self, conn: Connection) -> None:
+        try:
+            message = await conn.recv()
+            if isinstance(message, (ReplicaReady, ReplicaStartFailed)):
+                await self._replica_channel(conn, message)
+            elif isinstance(message, WatchReplicas):
+                while True:
+                    await conn.send(await self.watch(message.deployment_id, message.known_version))
+                    message = await conn.recv()
+                    if not isinstance(message, WatchReplicas):
+                        return
+        except ConnectionClosed:
+            return
+
+    async def _replica_channel(self, conn: Connection, first: object) -> None:
+        replica = self._starting.get(getattr(first, "replica_id", ""))
+        if replica is None:
+            return
+        if isinstance(first, ReplicaStartFailed):
+            if not replica.ready.done():
+                name = replica.replica_id.split("#")[0]
+                replica.ready.set_exception(
+                    DeploymentFailedError(name, first.error, first.traceback)
+                )
+            return
+        assert isinstance(first, ReplicaReady)
+        replica.address = first.address
+        replica.control = conn
+        if not replica.ready.done():
+            replica.ready.set_result(None)
+        # Keep the channel open: StopReplica goes out on it, ReplicaStopped comes back.
+        while True:
+            message = await conn.recv()
+            if isinstance(message, ReplicaStopped):
+                return

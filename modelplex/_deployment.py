@@ -1,0 +1,110 @@
+"""Deployments and the application graphs that ``.bind()`` builds.
+
+``@serve.deployment`` wraps a class (or function) with a validated ``DeploymentConfig``;
+``.bind(*args, **kwargs)`` records constructor arguments, which may themselves be bound
+deployments: those become ``DeploymentHandle``s when the graph is flattened for ``serve.run``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ._config import DeploymentConfig
+
+
+class Deployment:
+    def __init__(self, target: Callable, config: DeploymentConfig) -> None:
+        self._target = target
+        self._config = config
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def config(self) -> DeploymentConfig:
+        return self._config
+
+    @property
+    def func_or_class(self) -> Callable:
+        return self._target
+
+    def options(self, **changes: Any) -> "Deployment":
+        return Deployment(self._target, self._config.replace(**_drop_none(changes)))
+
+    def bind(self, *args: Any, **kwargs: Any) -> "Application":
+        return Application(self, args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"Deployment '{self.name}' cannot be constructed directly; "
+            "use .bind(...) and serve.run(...)."
+        )
+
+    def __repr__(self) -> str:
+        return f"Deployment(name={self.name!r})"
+
+
+@dataclass(frozen=True, eq=False)
+class Application:
+    """A deployment bound to its constructor arguments; the unit ``serve.run`` starts."""
+
+    deployment: Deployment
+    args: tuple
+    kwargs: dict
+
+
+def _drop_none(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def deployment(
+    _target: Callable | None = None,
+    *,
+    name: str | None = None,
+    num_replicas: int | None = None,
+    max_ongoing_requests: int | None = None,
+    max_queued_requests: int | None = None,
+    graceful_shutdown_timeout_s: float | None = None,
+    health_check_timeout_s: float | None = None,
+    ray_actor_options: dict | None = None,
+) -> Any:
+    """Turn a class or function into a deployment, bare (``@deployment``) or with options."""
+    options = _drop_none(
+        dict(
+            num_replicas=num_replicas,
+            max_ongoing_requests=max_ongoing_requests,
+            max_queued_requests=max_queued_requests,
+            graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
+            health_check_timeout_s=health_check_timeout_s,
+            ray_actor_options=ray_actor_options,
+        )
+    )
+
+    def decorate(target: Callable) -> Deployment:
+        if not callable(target):
+            raise TypeError(f"@deployment needs a class or function, got {target!r}")
+        cls = target if inspect.isclass(target) else _function_deployment(target)
+        config = DeploymentConfig(name=name or target.__name__, **options)
+        return Deployment(cls, config)
+
+    if _target is not None:
+        return decorate(_target)
+    return decorate
+
+
+def _function_deployment(func: Callable) -> type:
+    """A function deployment is a class whose ``__call__`` is the function."""
+    if inspect.iscoroutinefunction(func):
+
+        async def call(self, *args, **kwargs):
+            return await func(*args, **kwargs)
+
+    else:
+
+        def call(self, *args, **kwargs):
+            return func(*args, **kwargs)
+
+    return type(func.__name__, (), {"__call__": call, "__module__": func.__module__})

@@ -1,0 +1,115 @@
+"""HTTP on both sides of the internal channel.
+
+The proxy turns an ASGI request into an ``HTTPRequest`` (the picklable part of the scope plus
+the body); the replica turns it back into a Starlette ``Request`` and renders whatever the user
+returned into an ``HTTPResult``. Rendering happens in the replica so that a value that cannot
+become a response fails there, with its type named, and the proxy only copies bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from ._messages import HTTPRequest, HTTPResult
+
+# Scope keys that are plain data and mean the same thing on the replica's side.
+_SCOPE_KEYS = (
+    "type",
+    "asgi",
+    "http_version",
+    "method",
+    "scheme",
+    "path",
+    "raw_path",
+    "query_string",
+    "root_path",
+    "client",
+    "server",
+)
+
+INTERNAL_HEADER_PREFIX = b"x-modelplex-"
+
+
+def request_from_scope(scope: dict[str, Any], body: bytes, root_path: str) -> HTTPRequest:
+    kept = {key: scope[key] for key in _SCOPE_KEYS if key in scope}
+    kept["headers"] = [
+        (name, value)
+        for name, value in scope.get("headers", ())
+        if not name.startswith(INTERNAL_HEADER_PREFIX)
+    ]
+    kept["root_path"] = root_path
+    return HTTPRequest(kept, body)
+
+
+def to_starlette(http: HTTPRequest) -> Request:
+    body = http.body
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the body is complete; nothing else will arrive
+        return {"type": "http.disconnect"}  # pragma: no cover
+
+    scope = dict(http.scope)
+    scope["headers"] = list(scope.get("headers", ()))
+    return Request(scope, receive)
+
+
+class UnserializableResultError(TypeError):
+    pass
+
+
+def to_response(value: Any) -> Response:
+    if isinstance(value, Response):
+        return value
+    if isinstance(value, str):
+        return PlainTextResponse(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return Response(bytes(value), media_type="application/octet-stream")
+    try:
+        body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise UnserializableResultError(
+            f"cannot turn a return value of type {type(value).__qualname__} into an HTTP "
+            f"response: return str, bytes, JSON-serializable data or a Starlette Response "
+            f"({exc})"
+        ) from None
+    return Response(body, media_type=JSONResponse.media_type)
+
+
+async def render(value: Any) -> HTTPResult:
+    """Run the response as an ASGI app and keep what it sends."""
+    response = to_response(value)
+    status = 500
+    headers: list[tuple[bytes, bytes]] = []
+    chunks: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+        elif message["type"] == "http.response.body":
+            chunks.append(bytes(message.get("body", b"")))
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}  # pragma: no cover
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "method": "GET",
+        "path": "/",
+        "headers": [],
+    }
+    await response(scope, receive, send)
+    return HTTPResult(status, tuple(headers), b"".join(chunks))

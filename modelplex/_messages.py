@@ -1,0 +1,126 @@
+"""Messages between processes: small frozen dataclasses with named fields.
+
+Data plane (router <-> replica, one connection per pair):
+    Call -> Result; Cancel; ModelsUpdate pushed by the replica on every cache change.
+Control plane (replica <-> controller, handle routers -> controller):
+    ReplicaReady / ReplicaStartFailed; StopReplica -> ReplicaStopped;
+    WatchReplicas -> ReplicaSet (long poll).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class DeploymentID:
+    app: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.app}_{self.name}"
+
+
+# ---- data plane -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HTTPRequest:
+    """An HTTP request as the proxy read it: the picklable part of the ASGI scope and the body."""
+
+    scope: Mapping[str, Any]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class HTTPResult:
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request. Arguments travel pickled a second time (``payload``) so that a value the
+    replica cannot unpickle fails that request alone, never the connection it shares."""
+
+    request_id: int
+    method: str
+    payload: bytes = b""  # cloudpickled (args, kwargs); b"" for none
+    model_id: str = ""
+    http: HTTPRequest | None = None
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    request_id: int
+    ok: bool
+    payload: bytes  # the pickled return value, or the pickled exception when not ok
+    traceback: str = ""  # the remote traceback when not ok
+
+
+@dataclass(frozen=True)
+class Cancel:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class ModelsUpdate:
+    """What a replica holds; sent on connect and whenever its caches change."""
+
+    replica_id: str
+    version: int
+    loaded: Mapping[str, float]  # model id -> seconds its load took
+    loading: tuple[str, ...]
+    has_room: bool
+
+
+# ---- control plane --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaReady:
+    replica_id: str
+    address: tuple[str, int]
+    pid: int
+
+
+@dataclass(frozen=True)
+class ReplicaStartFailed:
+    replica_id: str
+    error: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class StopReplica:
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class ReplicaStopped:
+    replica_id: str
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    replica_id: str
+    address: tuple[str, int]
+    max_ongoing: int
+
+
+@dataclass(frozen=True)
+class WatchReplicas:
+    deployment_id: DeploymentID
+    known_version: int
+
+
+@dataclass(frozen=True)
+class ReplicaSet:
+    deployment_id: DeploymentID
+    version: int
+    replicas: tuple[ReplicaInfo, ...]
+    max_queued: int = -1
+    exists: bool = True

@@ -1,0 +1,189 @@
+"""``@serve.multiplexed``: turn a model loader into a per-replica model cache.
+
+The decorator only validates and wraps; the cache itself (``_cache.ModelCache``) is created
+lazily, one per decorated loader per deployment instance, on the replica's user loop. Each
+model a request fetches is held for that request and released when it ends, so an eviction
+never unloads a model under a running request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from typing import Any, Callable
+
+from . import _context
+from ._aio import running_loop
+from ._cache import ModelCache
+from ._errors import MissingModelIdError
+from ._model_ids import validate_model_id
+
+logger = logging.getLogger("modelplex.replica")
+
+def install_replica_hooks(
+    on_new_cache: Callable[[ModelCache], None] | None, user_loop: asyncio.AbstractEventLoop | None
+) -> None:
+    """Called by the replica process: where new caches announce themselves, and which loop
+    sync callers hop to. Kept on the ``_context`` module, which cloudpickle ships by reference:
+    a user class pickled by value carries copies of this module's globals, not the module."""
+    _context.replica_hooks.on_new_cache = on_new_cache
+    _context.replica_hooks.user_loop = user_loop
+
+
+def _validate_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_num_models_per_replica must be an int, got {value!r}")
+    if value == 0 or value < -1:
+        raise ValueError(
+            f"max_num_models_per_replica must be >= 1 or -1 (unbounded), got {value!r}"
+        )
+    return value
+
+
+def _validate_bytes(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_memory_bytes must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"max_memory_bytes must be >= 1, got {value!r}")
+    return value
+
+
+def _loader_kind(func: Callable) -> str:
+    """'method' for ``(self, model_id)``, 'function' for ``(model_id)``."""
+    params = [
+        p
+        for p in inspect.signature(func).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(params) == 2:
+        return "method"
+    if len(params) == 1:
+        return "function" if params[0].name not in ("self", "cls") else "missing"
+    return "missing"
+
+
+def multiplexed(
+    func: Callable | None = None,
+    *,
+    max_num_models_per_replica: int = 3,
+    max_memory_bytes: int | None = None,
+    model_size: Callable[[Any], int] | None = None,
+    load_timeout_s: float | None = None,
+) -> Any:
+    """Cache the models a loader returns, at most ``max_num_models_per_replica`` per replica.
+
+    Use bare (``@serve.multiplexed``) or with arguments. The loader takes ``(self, model_id)``
+    or ``(model_id)`` and may be async or sync (sync loaders run in a thread).
+    """
+    count = _validate_count(max_num_models_per_replica)
+    max_bytes = _validate_bytes(max_memory_bytes)
+    if model_size is not None and not callable(model_size):
+        raise TypeError(f"model_size must be callable, got {model_size!r}")
+    if load_timeout_s is not None and (
+        isinstance(load_timeout_s, bool)
+        or not isinstance(load_timeout_s, (int, float))
+        or load_timeout_s <= 0
+    ):
+        raise ValueError(f"load_timeout_s must be a number > 0, got {load_timeout_s!r}")
+
+    def decorate(loader: Callable) -> Callable:
+        if inspect.isclass(loader):
+            raise TypeError(
+                f"@multiplexed decorates a model loader function or method, not the class "
+                f"{loader.__name__!r}"
+            )
+        if not callable(loader):
+            raise TypeError(f"@multiplexed needs a function, got {loader!r}")
+        kind = _loader_kind(loader)
+        if kind == "missing":
+            raise TypeError(
+                f"multiplexed loader {loader.__qualname__!r} must take a model id: "
+                "(self, model_id) or (model_id)"
+            )
+        is_async = inspect.iscoroutinefunction(loader)
+        attr = f"_modelplex_cache_{loader.__name__}"
+        function_cache: list[ModelCache] = []
+
+        def make_cache(owner: Any) -> ModelCache:
+            if is_async:
+                load = (lambda m: loader(owner, m)) if kind == "method" else loader
+            else:
+                bound = functools.partial(loader, owner) if kind == "method" else loader
+                load = lambda m: asyncio.to_thread(bound, m)  # noqa: E731
+            cache = ModelCache(
+                load,
+                max_models=count,
+                max_bytes=max_bytes,
+                sizer=model_size,
+                load_timeout_s=load_timeout_s,
+                logger=logger,
+            )
+            hook = _context.replica_hooks.on_new_cache
+            if hook is not None:
+                hook(cache)
+            return cache
+
+        def cache_for(owner: Any) -> ModelCache:
+            # Runs on the loop that owns the caches (see _acquire), so it needs no lock; a lock
+            # in this closure would also stop cloudpickle from shipping the class by value.
+            if kind == "method":
+                cache = owner.__dict__.get(attr)
+                if cache is None:
+                    cache = make_cache(owner)
+                    owner.__dict__[attr] = cache
+                return cache
+            if not function_cache:
+                function_cache.append(make_cache(None))
+            return function_cache[0]
+
+        @functools.wraps(loader)
+        def wrapper(*args: Any) -> Any:
+            if kind == "method":
+                if len(args) != 2:
+                    raise TypeError(f"{loader.__qualname__}() takes exactly one model id")
+                owner, model_id = args
+            else:
+                if len(args) != 1:
+                    raise TypeError(f"{loader.__qualname__}() takes exactly one model id")
+                owner, model_id = None, args[0]
+            if model_id == "" or model_id is None:
+                raise MissingModelIdError()
+            validate_model_id(model_id)
+            ctx = _context.current_request()
+            coro = _acquire(cache_for, owner, model_id, ctx)
+            if running_loop() is not None:
+                return coro
+            # A sync method (running in a worker thread) asked for a model: run the load on
+            # the replica's user loop, where the cache lives, and wait for it here.
+            loop = _context.replica_hooks.user_loop
+            if loop is None:
+                coro.close()
+                raise RuntimeError(
+                    f"{loader.__qualname__}() must be awaited outside a modelplex replica"
+                )
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+        wrapper._modelplex_multiplexed = True  # type: ignore[attr-defined]
+        return wrapper
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+async def _acquire(
+    cache_for: Callable[[Any], ModelCache],
+    owner: Any,
+    model_id: str,
+    ctx: _context.RequestContext | None,
+) -> Any:
+    model, release = await cache_for(owner).acquire(model_id)
+    if ctx is None:
+        release()
+    else:
+        ctx.releases.append(release)
+    return model

@@ -1,0 +1,220 @@
+"""The HTTP proxy: a plain ASGI app under uvicorn.
+
+It matches the longest route prefix, reads the model id header, hands the request to the
+ingress deployment's router and copies the rendered response back. It never unpickles anything
+from a client and drops client headers that the internal channel reserves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import socket
+from typing import Any, Awaitable, Callable
+
+import uvicorn
+from starlette.exceptions import HTTPException
+
+from ._config import HTTPOptions
+from ._errors import ModelIdError, ModelplexError, RouteNotFoundError, http_status_for
+from ._http import request_from_scope
+from ._messages import DeploymentID, HTTPResult
+from ._model_ids import model_id_from_headers
+from ._router import RouterRegistry
+
+logger = logging.getLogger("modelplex.proxy")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Routes = Callable[[], dict[str, tuple[str, DeploymentID]]]
+
+
+class PayloadTooLarge(Exception):
+    pass
+
+
+def match_route(path: str, prefixes: list[str]) -> str | None:
+    """The longest prefix that ``path`` falls under, matching whole path segments."""
+    best: str | None = None
+    for prefix in prefixes:
+        if prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            if best is None or len(prefix) > len(best):
+                best = prefix
+    return best
+
+
+class ProxyApp:
+    def __init__(self, routes: Routes, registry: RouterRegistry, options: HTTPOptions) -> None:
+        self._routes = routes
+        self._registry = registry
+        self._options = options
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # websockets are not served; uvicorn closes the connection
+        path = scope["path"]
+        if path.startswith("/-/"):
+            await self._management(path, send)
+            return
+        try:
+            result = await self._forward(scope, receive)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            await _send_error(send, exc)
+            return
+        await send(
+            {"type": "http.response.start", "status": result.status, "headers": list(result.headers)}
+        )
+        await send({"type": "http.response.body", "body": result.body})
+
+    async def _forward(self, scope: Scope, receive: Receive) -> HTTPResult:
+        routes = self._routes()
+        prefix = match_route(scope["path"], list(routes))
+        if prefix is None:
+            raise RouteNotFoundError(f"no application serves the path {scope['path']!r}")
+        _, ingress = routes[prefix]
+        model_id = model_id_from_headers(scope.get("headers", []))
+        body = await _read_body(receive, self._options.max_body_bytes)
+        root_path = scope.get("root_path", "") + ("" if prefix == "/" else prefix.rstrip("/"))
+        request = request_from_scope(scope, body, root_path)
+        call = self._registry.router(ingress).call(
+            "__call__", model_id=model_id, http=request, trace_id=secrets.token_hex(5)
+        )
+        timeout = self._options.request_timeout_s
+        if timeout is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except asyncio.TimeoutError:
+            from ._errors import RequestTimeoutError
+
+            raise RequestTimeoutError(timeout) from None
+
+    async def _management(self, path: str, send: Send) -> None:
+        if path == "/-/healthz":
+            await _send_text(send, 200, "success")
+        elif path == "/-/routes":
+            routes = {prefix: app for prefix, (app, _) in self._routes().items()}
+            await _send_text(send, 200, json.dumps(routes), "application/json")
+        else:
+            await _send_text(send, 404, f"no management route {path!r}")
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError("client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_text(send: Send, status: int, text: str, media: str = "text/plain") -> None:
+    body = text.encode()
+    headers = [
+        (b"content-type", f"{media}; charset=utf-8".encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, exc: BaseException) -> None:
+    if isinstance(exc, HTTPException):
+        status, text = exc.status_code, str(exc.detail)
+    elif isinstance(exc, PayloadTooLarge):
+        status, text = 413, str(exc)
+    else:
+        status = http_status_for(exc)
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        if isinstance(exc, (ModelplexError, ModelIdError)):
+            text = message
+        else:
+            text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if status >= 500 and not isinstance(exc, ModelplexError):
+        logger.debug("request failed with %s", type(exc).__name__)
+    headers_retry = status == 503
+    body = text.encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if headers_retry:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Proxy:
+    """uvicorn serving ``ProxyApp`` on the driver loop, on a socket we bind ourselves."""
+
+    def __init__(self, app: ProxyApp, options: HTTPOptions) -> None:
+        self._app = app
+        self._options = options
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in self._options.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._options.host, self._options.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                exc.errno,
+                f"cannot listen on {self._options.host}:{self._options.port}: {exc.strerror}",
+            ) from None
+        sock.listen(2048)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            http="httptools",
+            timeout_keep_alive=30,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the HTTP proxy stopped while starting")
+            await asyncio.sleep(0.005)
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(self._task, 10)
+        except (asyncio.TimeoutError, Exception):
+            self._task.cancel()

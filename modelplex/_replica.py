@@ -1,0 +1,326 @@
+"""A replica: one process serving one deployment (``python -m modelplex._replica``).
+
+Two event loops: the control loop (main thread) owns every socket, talks to the controller and
+to routers; user code runs on the user loop (its own thread), so a slow constructor, a model
+load or a blocking ``async`` method never stops the replica from answering its peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import pickle
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import cloudpickle
+from starlette.exceptions import HTTPException
+from starlette.responses import PlainTextResponse
+
+from . import _context, _multiplex
+from ._aio import LoopThread, new_event_loop
+from ._backends import ReplicaSpec
+from ._cache import ModelCache
+from ._errors import RemoteError
+from ._http import render, to_starlette
+from ._logging import configure_replica_logging
+from ._messages import (
+    Call,
+    Cancel,
+    DeploymentID,
+    ModelsUpdate,
+    ReplicaReady,
+    ReplicaSet,
+    ReplicaStartFailed,
+    ReplicaStopped,
+    Result,
+    StopReplica,
+    WatchReplicas,
+)
+from ._router import RouterRegistry, install_registry
+from ._transport import Connection, ConnectionClosed, connect, start_server
+
+logger = logging.getLogger("modelplex.replica")
+
+
+class RemoteDirectory:
+    """Replica sets from the controller, for handle routers living in this replica."""
+
+    def __init__(self, address: tuple[str, int], secret: bytes) -> None:
+        self._address = address
+        self._secret = secret
+        self._conns: dict[DeploymentID, Connection] = {}
+
+    async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet:
+        conn = self._conns.get(deployment_id)
+        if conn is None or conn.closed:
+            conn = await connect(self._address, secret=self._secret)
+            self._conns[deployment_id] = conn
+        await conn.send(WatchReplicas(deployment_id, known_version))
+        reply = await conn.recv()
+        if not isinstance(reply, ReplicaSet):
+            raise TypeError(f"unexpected reply from controller: {type(reply).__name__}")
+        return reply
+
+
+class Replica:
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self.spec = spec
+        self.replica_id = spec.replica_id
+        self.deployment = str(spec.deployment_id)
+        self.loop = asyncio.get_running_loop()
+        self.user = LoopThread("modelplex-user")
+        self.instance: Any = None
+        self.caches: list[ModelCache] = []
+        self.conns: set[Connection] = set()
+        self.running: dict[tuple[int, int], Any] = {}
+        self.ongoing = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.models_version = 0
+        self.stopping = False
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        _multiplex.install_replica_hooks(self._on_new_cache, self.user.loop)
+        registry = RouterRegistry(
+            self.loop, RemoteDirectory(self.spec.controller_address, self.spec.secret), self.spec.secret
+        )
+        install_registry(registry)
+        control = await connect(self.spec.controller_address, secret=self.spec.secret)
+        try:
+            cls, args, kwargs = cloudpickle.loads(self.spec.payload)
+            self.instance = await asyncio.wrap_future(self.user.submit(_construct(cls, args, kwargs)))
+        except BaseException as exc:
+            logger.exception("Replica %s failed to start.", self.replica_id)
+            await control.send(
+                ReplicaStartFailed(
+                    self.replica_id, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+                )
+            )
+            return
+        server = await start_server(self._serve, secret=self.spec.secret, host=self.spec.bind_host)
+        await control.send(ReplicaReady(self.replica_id, server.address, os.getpid()))
+        logger.info("Replica %s ready at %s:%d.", self.replica_id, *server.address)
+        try:
+            while True:
+                message = await control.recv()
+                if isinstance(message, StopReplica):
+                    await self._stop(message.timeout_s)
+                    await server.close()
+                    await control.send(ReplicaStopped(self.replica_id))
+                    return
+        except ConnectionClosed:
+            logger.warning("Controller went away; replica %s exits.", self.replica_id)
+        finally:
+            await registry.close()
+
+    async def _stop(self, timeout_s: float) -> None:
+        """Finish the requests in flight, then unload every model (running their __del__)."""
+        self.stopping = True
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            logger.warning("%d requests still running after %.1fs; stopping.", self.ongoing, timeout_s)
+        caches = list(self.caches)
+
+        async def close_all() -> None:
+            for cache in caches:
+                await cache.close()
+
+        await asyncio.wrap_future(self.user.submit(close_all()))
+
+    # ---- model caches ------------------------------------------------------------------------
+
+    def _on_new_cache(self, cache: ModelCache) -> None:
+        self.caches.append(cache)
+        cache.on_change = self._models_changed  # called on the user loop
+        self._models_changed()
+
+    def _models_changed(self) -> None:
+        update = self._models_update()
+        self.loop.call_soon_threadsafe(self._broadcast, update)
+
+    def _models_update(self) -> ModelsUpdate:
+        loaded: dict[str, float] = {}
+        loading: list[str] = []
+        has_room = True
+        for cache in list(self.caches):
+            snapshot = cache.snapshot()
+            for info in snapshot.loaded:
+                loaded[info.model_id] = info.load_s
+            loading.extend(snapshot.loading)
+            limit = cache.max_models
+            if limit != -1 and len(snapshot.loaded) + len(snapshot.loading) >= limit:
+                has_room = False
+        self.models_version += 1
+        return ModelsUpdate(self.replica_id, self.models_version, loaded, tuple(loading), has_room)
+
+    def _broadcast(self, update: ModelsUpdate) -> None:
+        for conn in list(self.conns):
+            try:
+                conn.send_nowait(update)
+            except Exception:
+                conn.close()
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    async def _serve(self, conn: Connection) -> None:
+        self.conns.add(conn)
+        try:
+            conn.send_nowait(self._models_update())
+            while True:
+                message = await conn.recv()
+                if isinstance(message, Call):
+                    self._dispatch(conn, message)
+                elif isinstance(message, Cancel):
+                    running = self.running.get((id(conn), message.request_id))
+                    if running is not None:
+                        running.cancel()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.conns.discard(conn)
+
+    def _dispatch(self, conn: Connection, call: Call) -> None:
+        self.ongoing += 1
+        self.idle.clear()
+        key = (id(conn), call.request_id)
+        future = self.user.submit(self._execute(call))
+        self.running[key] = future
+        future.add_done_callback(
+            lambda f: self.loop.call_soon_threadsafe(self._reply, conn, key, call, f)
+        )
+
+    def _reply(self, conn: Connection, key: tuple[int, int], call: Call, future: Any) -> None:
+        self.running.pop(key, None)
+        self.ongoing -= 1
+        if self.ongoing == 0:
+            self.idle.set()
+        if conn.closed:
+            return
+        if future.cancelled():
+            result = _failure(call.request_id, asyncio.CancelledError("request cancelled"))
+        else:
+            result = future.result()
+        conn.send_nowait(result)
+
+    async def _execute(self, call: Call) -> Result:
+        ctx = _context.RequestContext(
+            request_id=call.trace_id or str(call.request_id),
+            model_id=call.model_id,
+            route=call.http.scope.get("path", "") if call.http is not None else "",
+        )
+        token = _context.set_request(ctx)
+        try:
+            method = getattr(self.instance, call.method, None)
+            if method is None or not callable(method):
+                raise AttributeError(
+                    f"Deployment '{self.spec.deployment_id.name}' has no method '{call.method}'"
+                )
+            if call.http is not None:
+                args, kwargs = (to_starlette(call.http),), {}
+            elif call.payload:
+                args, kwargs = pickle.loads(call.payload)
+            else:
+                args, kwargs = (), {}
+            if inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(
+                getattr(method, "__call__", None)
+            ):
+                value = await method(*args, **kwargs)
+            else:
+                value = await asyncio.to_thread(method, *args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+            if call.http is not None:
+                value = await render(value)
+            return self._success(call, value)
+        except HTTPException as exc:
+            if call.http is None:
+                return _failure(call.request_id, exc, traceback.format_exc())
+            return self._success(call, await render(PlainTextResponse(
+                str(exc.detail), status_code=exc.status_code, headers=exc.headers
+            )))
+        except Exception as exc:
+            logger.exception("Request failed: %s: %s", type(exc).__name__, exc)
+            return _failure(call.request_id, exc, traceback.format_exc())
+        finally:
+            ctx.release_all()
+            _context.reset_request(token)
+
+    def _success(self, call: Call, value: Any) -> Result:
+        try:
+            return Result(call.request_id, True, cloudpickle.dumps(value, protocol=5))
+        except Exception as exc:
+            error = TypeError(
+                f"the return value of {self.spec.deployment_id.name}.{call.method}, of type "
+                f"{type(value).__qualname__}, cannot be serialized: {exc}"
+            )
+            logger.error("%s", error)
+            return _failure(call.request_id, error)
+
+
+def _failure(request_id: int, exc: BaseException, tb: str = "") -> Result:
+    """Send the exception as itself if it survives a round trip, else as a RemoteError."""
+    try:
+        payload = cloudpickle.dumps(exc, protocol=5)
+        pickle.loads(payload)
+    except Exception:
+        payload = cloudpickle.dumps(RemoteError(type(exc).__qualname__, str(exc), tb))
+    return Result(request_id, False, payload, tb)
+
+
+async def _construct(cls: type, args: tuple, kwargs: dict) -> Any:
+    # Constructed on the user loop so __init__ can use asyncio (create tasks, get the loop).
+    return cls(*args, **kwargs)
+
+
+def _watch_parent(stdin: Any) -> None:
+    """Exit as soon as the parent goes away (its end of our stdin closes)."""
+    try:
+        while stdin.read(65536):
+            pass
+    finally:
+        os._exit(0)
+
+
+def _read_spec(stdin: Any) -> ReplicaSpec:
+    header = stdin.read(8)
+    if len(header) != 8:
+        raise SystemExit("modelplex replica: no spec on stdin")
+    (size,) = struct.unpack(">Q", header)
+    return pickle.loads(stdin.read(size))
+
+
+def main() -> None:
+    stdin = sys.stdin.buffer
+    spec = _read_spec(stdin)
+    threading.Thread(target=_watch_parent, args=(stdin,), name="modelplex-parent", daemon=True).start()
+    for path in reversed(spec.sys_path):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    configure_replica_logging(str(spec.deployment_id), spec.replica_id, spec.log_dir)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def run() -> None:
+        await Replica(spec).run()
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

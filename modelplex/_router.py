@@ -1,0 +1,432 @@
+"""The async shell around the routing policy: one ``Router`` per deployment per process.
+
+It keeps a connection to each replica of its deployment, counts its own requests in flight on
+each, learns what each replica holds from the replica's pushes, and asks the pure policy in
+``_routing`` where each request goes. Requests the policy cannot place yet wait in a FIFO
+queue that is re-examined whenever something changes (a reply, a push, a new replica set) and
+on a short tick while anything waits, so waiting time can add up toward a spill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import pickle
+import random
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Protocol
+
+import cloudpickle
+
+from ._errors import BackPressureError, RemoteError, RemoteTraceback, ReplicaDiedError
+from ._messages import (
+    Call,
+    DeploymentID,
+    HTTPRequest,
+    ModelsUpdate,
+    ReplicaInfo,
+    ReplicaSet,
+    Result,
+    Cancel,
+)
+from ._routing import Choice, Reason, ReplicaState, SpillMeter, choose_replica
+from ._transport import Connection, ConnectionClosed, connect
+
+logger = logging.getLogger("modelplex.router")
+
+_TICK_S = 0.01
+
+
+def _encode_args(args: tuple, kwargs: dict) -> bytes:
+    try:
+        return cloudpickle.dumps((args, kwargs), protocol=5)
+    except Exception as exc:
+        raise TypeError(f"the arguments of this call cannot be serialized: {exc}") from exc
+
+
+class ReplicaDirectory(Protocol):
+    """Where a router learns the replicas of a deployment (the controller, near or far)."""
+
+    async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet: ...
+
+
+class _Replica:
+    """A router's view of one replica and its connection."""
+
+    def __init__(self, info: ReplicaInfo) -> None:
+        self.info = info
+        self.conn: Connection | None = None
+        self.ongoing = 0
+        self.inflight: dict[int, asyncio.Future] = {}
+        self.loaded: dict[str, float] = {}
+        self.loading: frozenset[str] = frozenset()
+        self.sent_loads: dict[str, int] = {}  # model id -> requests sent that will load it
+        self.has_room = True
+        self.routable = False  # connected and still in the published set
+        self.dead = False
+
+    def state(self) -> ReplicaState:
+        loading = self.loading
+        if self.sent_loads:
+            loading = loading | frozenset(self.sent_loads)
+        return ReplicaState(
+            replica_id=self.info.replica_id,
+            ongoing=self.ongoing,
+            max_ongoing=self.info.max_ongoing,
+            loaded=frozenset(self.loaded),
+            loading=loading,
+            has_model_room=self.has_room,
+        )
+
+    def holds(self, model_id: str) -> bool:
+        return model_id in self.loaded or model_id in self.loading or model_id in self.sent_loads
+
+
+class _Waiting:
+    __slots__ = ("model_id", "future", "last_seen")
+
+    def __init__(self, model_id: str, future: asyncio.Future, now: float) -> None:
+        self.model_id = model_id
+        self.future = future  # resolves to the _Replica chosen
+        self.last_seen = now
+
+
+class Router:
+    def __init__(
+        self,
+        deployment_id: DeploymentID,
+        directory: ReplicaDirectory,
+        *,
+        secret: bytes,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        default_load_cost_s: float = 1.0,
+        max_replicas_per_model: int | None = None,
+    ) -> None:
+        self.deployment_id = deployment_id
+        self._directory = directory
+        self._secret = secret
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._default_load_cost_s = default_load_cost_s
+        self._max_replicas_per_model = max_replicas_per_model
+        self._replicas: dict[str, _Replica] = {}
+        self._version = -1
+        self._max_queued = -1
+        self._queue: deque[_Waiting] = deque()
+        self._spill = SpillMeter()
+        self._load_cost: dict[str, float] = {}
+        self._ids = itertools.count(1)
+        self._watch_task: asyncio.Task | None = None
+        self._tick_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+
+    # ---- public ------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        method: str,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        *,
+        model_id: str = "",
+        http: HTTPRequest | None = None,
+        trace_id: str = "",
+    ) -> Any:
+        """Route one request, send it, and return its result (or raise the remote error)."""
+        if self._watch_task is None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
+        replica = self._place_now(model_id)
+        reserved = replica is None
+        if replica is None:
+            replica = await self._wait_for_replica(model_id)
+        payload = _encode_args(args, kwargs) if (args or kwargs) else b""
+        result = await self._send(
+            replica, method, payload, model_id, http, trace_id, reserved=reserved
+        )
+        try:
+            value = pickle.loads(result.payload)
+        except Exception as exc:
+            raise RemoteError(
+                "UnpicklingError",
+                f"the result of {self.deployment_id.name}.{method} cannot be unpickled here: "
+                f"{type(exc).__name__}: {exc}",
+            ) from None
+        if result.ok:
+            return value
+        if result.traceback and isinstance(value, BaseException):
+            value.__cause__ = RemoteTraceback(result.traceback)
+        raise value
+
+    def replica_models(self) -> dict[str, dict[str, Any]]:
+        """What this router believes each replica holds (for status and tests)."""
+        return {
+            r.info.replica_id: {"loaded": sorted(r.loaded), "loading": sorted(r.state().loading)}
+            for r in self._replicas.values()
+            if r.routable
+        }
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._watch_task, self._tick_task, *self._tasks):
+            if task is not None:
+                task.cancel()
+        for replica in list(self._replicas.values()):
+            self._fail_replica(replica, "router closed")
+        while self._queue:
+            waiting = self._queue.popleft()
+            if not waiting.future.done():
+                waiting.future.set_exception(RuntimeError("router closed"))
+
+    # ---- placement ---------------------------------------------------------------------------
+
+    def _states(self) -> list[ReplicaState]:
+        return [r.state() for r in self._replicas.values() if r.routable]
+
+    def _choose(self, model_id: str, now: float) -> Choice:
+        debt = self._spill.debt(model_id, now) if model_id else 0.0
+        cost = self._load_cost.get(model_id, self._default_load_cost_s)
+        return choose_replica(
+            self._states(),
+            model_id,
+            rng=self._rng,
+            wait_debt_s=debt,
+            load_cost_s=cost,
+            max_replicas_per_model=self._max_replicas_per_model,
+        )
+
+    def _place_now(self, model_id: str) -> _Replica | None:
+        if self._queue:
+            return None  # keep FIFO order behind those already waiting
+        choice = self._choose(model_id, self._clock())
+        if choice.replica_id is None:
+            return None
+        if choice.reason is Reason.SPILL:
+            self._spill.reset(model_id)
+        return self._replicas[choice.replica_id]
+
+    async def _wait_for_replica(self, model_id: str) -> _Replica:
+        if 0 <= self._max_queued <= len(self._queue):
+            raise BackPressureError(str(self.deployment_id), len(self._queue), self._max_queued)
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(model_id, loop.create_future(), self._clock())
+        self._queue.append(waiting)
+        self._drain()
+        if not waiting.future.done() and self._tick_task is None:
+            self._tick_task = loop.create_task(self._tick())
+        try:
+            return await waiting.future
+        except BaseException:
+            future = waiting.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().ongoing -= 1  # placed, but the caller left: free the slot
+                self._drain()
+            elif waiting in self._queue:
+                self._queue.remove(waiting)
+            raise
+
+    def _drain(self) -> None:
+        """Place as many waiting requests as the policy allows, oldest first."""
+        if not self._queue:
+            return
+        now = self._clock()
+        still: deque[_Waiting] = deque()
+        while self._queue:
+            waiting = self._queue.popleft()
+            if waiting.future.done():
+                continue
+            choice = self._choose(waiting.model_id, now)
+            if choice.replica_id is None:
+                if choice.reason is Reason.WAIT_SATURATED and waiting.model_id:
+                    self._spill.add(waiting.model_id, now - waiting.last_seen, now)
+                waiting.last_seen = now
+                still.append(waiting)
+                continue
+            if choice.reason is Reason.SPILL:
+                self._spill.reset(waiting.model_id)
+            replica = self._replicas[choice.replica_id]
+            # Reserve the slot now so the next waiting request sees it taken.
+            replica.ongoing += 1
+            waiting.future.set_result(replica)
+        self._queue = still
+
+    async def _tick(self) -> None:
+        try:
+            while self._queue:
+                await asyncio.sleep(_TICK_S)
+                self._drain()
+        finally:
+            self._tick_task = None
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        replica: _Replica,
+        method: str,
+        payload: bytes,
+        model_id: str,
+        http: HTTPRequest | None,
+        trace_id: str,
+        *,
+        reserved: bool,
+    ) -> Result:
+        """Send one call; a slot ``_drain`` reserved for it is already counted in ``ongoing``."""
+        request_id = next(self._ids)
+        call = Call(request_id, method, payload, model_id, http, trace_id)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        if not reserved:
+            replica.ongoing += 1
+        marks_load = bool(model_id) and model_id not in replica.loaded
+        if marks_load:
+            replica.sent_loads[model_id] = replica.sent_loads.get(model_id, 0) + 1
+        replica.inflight[request_id] = future
+        try:
+            if replica.conn is None or replica.dead:
+                raise ReplicaDiedError(replica.info.replica_id, "connection lost")
+            replica.conn.send_nowait(call)
+            return await future
+        except asyncio.CancelledError:
+            if replica.conn is not None and not replica.dead:
+                try:
+                    replica.conn.send_nowait(Cancel(request_id))
+                except Exception:  # pragma: no cover - best effort
+                    pass
+            raise
+        finally:
+            replica.inflight.pop(request_id, None)
+            replica.ongoing -= 1
+            if marks_load:
+                left = replica.sent_loads.get(model_id, 1) - 1
+                if left > 0:
+                    replica.sent_loads[model_id] = left
+                else:
+                    replica.sent_loads.pop(model_id, None)
+            if not replica.routable and not replica.inflight and replica.conn is not None:
+                replica.conn.close()
+            self._drain()
+
+    # ---- replica set and connections ----------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while not self._closed:
+            try:
+                replica_set = await self._directory.watch(self.deployment_id, self._version)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("watching replicas of %s failed; retrying", self.deployment_id)
+                await asyncio.sleep(0.5)
+                continue
+            self._apply(replica_set)
+
+    def _apply(self, replica_set: ReplicaSet) -> None:
+        if replica_set.version == self._version:
+            return
+        self._version = replica_set.version
+        self._max_queued = replica_set.max_queued
+        current = {info.replica_id: info for info in replica_set.replicas}
+        for replica_id, replica in list(self._replicas.items()):
+            if replica_id not in current:
+                replica.routable = False
+                if not replica.inflight and replica.conn is not None:
+                    replica.conn.close()
+                if not replica.inflight:
+                    del self._replicas[replica_id]
+        for replica_id, info in current.items():
+            if replica_id not in self._replicas:
+                replica = _Replica(info)
+                self._replicas[replica_id] = replica
+                self._spawn(self._connect(replica))
+        self._drain()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, replica: _Replica) -> None:
+        try:
+            replica.conn = await connect(replica.info.address, secret=self._secret)
+        except Exception as exc:
+            logger.warning("cannot connect to replica %s: %s", replica.info.replica_id, exc)
+            replica.dead = True
+            self._replicas.pop(replica.info.replica_id, None)
+            return
+        replica.routable = replica.info.replica_id in self._replicas and not self._closed
+        self._drain()
+        try:
+            while True:
+                message = await replica.conn.recv()
+                if isinstance(message, Result):
+                    future = replica.inflight.get(message.request_id)
+                    if future is not None and not future.done():
+                        future.set_result(message)
+                elif isinstance(message, ModelsUpdate):
+                    replica.loaded = dict(message.loaded)
+                    replica.loading = frozenset(message.loading)
+                    replica.has_room = message.has_room
+                    self._load_cost.update(message.loaded)
+                    self._drain()
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("connection to replica %s failed", replica.info.replica_id)
+        finally:
+            self._fail_replica(replica, "connection lost")
+
+    def _fail_replica(self, replica: _Replica, detail: str) -> None:
+        replica.dead = True
+        replica.routable = False
+        if replica.conn is not None:
+            replica.conn.close()
+        for future in list(replica.inflight.values()):
+            if not future.done():
+                future.set_exception(ReplicaDiedError(replica.info.replica_id, detail))
+        if self._replicas.get(replica.info.replica_id) is replica:
+            del self._replicas[replica.info.replica_id]
+        self._drain()
+
+
+class RouterRegistry:
+    """The routers of one process, all living on one event loop."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, directory: ReplicaDirectory, secret: bytes
+    ) -> None:
+        self.loop = loop
+        self._directory = directory
+        self._secret = secret
+        self._routers: dict[DeploymentID, Router] = {}
+        self._lock = threading.Lock()  # handles ask from any thread
+
+    def router(self, deployment_id: DeploymentID) -> Router:
+        with self._lock:
+            router = self._routers.get(deployment_id)
+            if router is None:
+                router = Router(deployment_id, self._directory, secret=self._secret)
+                self._routers[deployment_id] = router
+            return router
+
+    async def close(self) -> None:
+        routers, self._routers = list(self._routers.values()), {}
+        for router in routers:
+            await router.close()
+
+
+_registry: RouterRegistry | None = None
+
+
+def install_registry(registry: RouterRegistry | None) -> None:
+    global _registry
+    _registry = registry
+
+
+def current_registry() -> RouterRegistry | None:
+    return _registry

@@ -1,0 +1,161 @@
+"""The driver side: one runtime per process that calls ``serve.run``.
+
+It owns a background event loop on which the controller, the HTTP proxy and this process's
+routers run, so the user's thread stays plain synchronous Python. ``serve.run`` and
+``serve.shutdown`` are thin sync edges over coroutines on that loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import Any
+
+import cloudpickle
+
+from ._aio import LoopThread
+from ._backends import Backend
+from ._backends.local import LocalBackend
+from ._config import HTTPOptions
+from ._controller import Controller, DeploymentSpec
+from ._deployment import Application, Deployment
+from ._handle import DeploymentHandle
+from ._logging import configure_driver_logging
+from ._proxy import Proxy, ProxyApp
+from ._router import RouterRegistry, install_registry
+from ._transport import new_secret
+
+logger = logging.getLogger("modelplex")
+
+
+def _default_log_dir() -> str:
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return os.path.join(tempfile.gettempdir(), "modelplex", f"session_{stamp}_{os.getpid()}", "logs")
+
+
+class Runtime:
+    def __init__(
+        self, http_options: HTTPOptions, backend: Backend | None = None, log_dir: str | None = None
+    ) -> None:
+        configure_driver_logging()
+        self.http_options = http_options
+        self.log_dir = log_dir or _default_log_dir()
+        self._secret = new_secret()
+        self._thread = LoopThread("modelplex-driver")
+        self.controller = Controller(backend or LocalBackend(), secret=self._secret, log_dir=self.log_dir)
+        self.registry = RouterRegistry(self._thread.loop, self.controller, self._secret)
+        self.proxy: Proxy | None = None
+        try:
+            self._thread.run(self._start())
+        except BaseException:
+            self._thread.stop()
+            raise
+        install_registry(self.registry)
+        port = f" and HTTP on {http_options.host}:{self.http_port}" if self.proxy else ""
+        logger.info("Started modelplex%s; replica logs at %s", port, self.log_dir)
+
+    async def _start(self) -> None:
+        await self.controller.start()
+        if self.http_options is not None:
+            self.proxy = Proxy(ProxyApp(self.controller.routes, self.registry, self.http_options), self.http_options)
+            await self.proxy.start()
+
+    @property
+    def http_port(self) -> int | None:
+        return self.proxy.port if self.proxy else None
+
+    def run(self, app: Application, name: str, route_prefix: str) -> DeploymentHandle:
+        specs, ingress = build_app(app, name)
+        self._thread.run(self.controller.deploy(name, route_prefix, specs, ingress))
+        return DeploymentHandle(ingress, name)
+
+    def delete(self, name: str) -> None:
+        self._thread.run(self.controller.delete(name))
+
+    def shutdown(self) -> None:
+        install_registry(None)
+        try:
+            self._thread.run(self._shutdown(), timeout=120)
+        finally:
+            self._thread.stop()
+
+    async def _shutdown(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.stop()
+        await self.registry.close()
+        await self.controller.shutdown()
+
+
+def build_app(app: Application, app_name: str) -> tuple[list[DeploymentSpec], str]:
+    """Flatten a bound graph: every nested Application becomes a handle to its deployment."""
+    if isinstance(app, Deployment):
+        app = app.bind()
+    if not isinstance(app, Application):
+        raise TypeError(
+            f"serve.run takes an application built with Deployment.bind(), got {app!r}"
+        )
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    specs: list[DeploymentSpec] = []
+
+    def visit(node: Application) -> str:
+        if id(node) in names:
+            return names[id(node)]
+        base = node.deployment.name
+        name, n = base, 0
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name)
+        names[id(node)] = name
+        args = _replace(node.args)
+        kwargs = _replace(node.kwargs)
+        config = node.deployment.config.replace(name=name)
+        payload = cloudpickle.dumps((node.deployment.func_or_class, args, kwargs))
+        specs.append(DeploymentSpec(config, payload))
+        return name
+
+    def _replace(value: Any) -> Any:
+        if isinstance(value, Application):
+            return DeploymentHandle(visit(value), app_name)
+        if isinstance(value, list):
+            return [_replace(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(_replace(v) for v in value)
+        if isinstance(value, dict):
+            return {k: _replace(v) for k, v in value.items()}
+        return value
+
+    ingress = visit(app)
+    return specs, ingress
+
+
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+
+
+def get_runtime(http_options: Any = None, **kwargs: Any) -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(HTTPOptions.from_value(http_options), **kwargs)
+        return _runtime
+
+
+def current_runtime() -> Runtime | None:
+    return _runtime
+
+
+def shutdown() -> None:
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None:
+        runtime.shutdown()
+
+
+atexit.register(shutdown)

@@ -1,0 +1,376 @@
+"""The channel between routers, replicas and the controller: pickled objects over TCP.
+
+Unpickling runs arbitrary code, so no byte a peer sends is unpickled until that peer has proven,
+by an HMAC challenge-response in both directions, that it holds the per-cluster secret. The
+handshake reads only fixed-size fields, so an unauthenticated peer cannot make us allocate or
+wait on a length of its choosing, and the server bounds it with a timeout.
+
+After the handshake a frame is an 8-byte big-endian length and a cloudpickle payload, built in
+one buffer and handed to the transport in one ``write``: concurrent senders never interleave,
+and no message costs a task or a lock. A ``Connection`` belongs to the event loop that made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import logging
+import pickle
+import secrets
+import socket
+from typing import Awaitable, Callable
+
+import cloudpickle
+
+__all__ = [
+    "AuthenticationError",
+    "Connection",
+    "ConnectionClosed",
+    "MAX_FRAME_BYTES",
+    "Server",
+    "connect",
+    "new_secret",
+    "start_server",
+]
+
+logger = logging.getLogger("modelplex.transport")
+
+MAGIC = b"MPLX1"  # protocol name and version; a peer speaking anything else is refused
+MAX_FRAME_BYTES = 1 << 30
+_NONCE_BYTES = 32
+_DIGEST_BYTES = hashlib.sha256().digest_size
+_HEADER_BYTES = 8
+# StreamReader pauses the socket once twice this much is buffered and unread.
+_STREAM_LIMIT = 1 << 20
+# How long Server.close() lets handlers notice their closed connection before cancelling them.
+_HANDLER_GRACE_S = 0.25
+
+
+class ConnectionClosed(ConnectionError):
+    """The peer went away: EOF, reset, or this side closed the connection."""
+
+
+class AuthenticationError(ConnectionError):
+    """The handshake failed: the peer does not hold this cluster's secret, or is not modelplex."""
+
+
+def new_secret() -> bytes:
+    return secrets.token_bytes(32)
+
+
+class Connection:
+    """One authenticated peer; send and receive whole Python objects."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.peer = peer
+        # Frames longer than this are refused in both directions.
+        self.max_frame_bytes = max_frame_bytes
+        self._reader = reader
+        self._writer = writer
+        self._transport = writer.transport
+        self._high_water = self._transport.get_write_buffer_limits()[1]
+        # Only the slow path (a full write buffer) takes it: one drain waiter at a time is all
+        # some Python 3.10 releases' StreamWriter supports.
+        self._drain_lock = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer}{' closed' if self.closed else ''}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._transport.is_closing() or self._reader.at_eof()
+
+    def send_nowait(self, obj: object) -> None:
+        """Queue one frame without waiting for the peer to read it.
+
+        A pickling error or an over-limit object raises before anything is written, so the
+        connection stays usable.
+        """
+        if self.closed:
+            raise ConnectionClosed(f"connection to {self.peer} is closed")
+        self._transport.write(_frame(obj, self.max_frame_bytes))
+
+    async def send(self, obj: object) -> None:
+        """``send_nowait``, then wait for the peer only if the write buffer is over its limit."""
+        self.send_nowait(obj)
+        if self._transport.get_write_buffer_size() > self._high_water:
+            async with self._drain_lock:
+                try:
+                    await self._writer.drain()
+                except OSError as exc:
+                    self.close()
+                    raise ConnectionClosed(f"connection to {self.peer} lost: {exc}") from exc
+
+    async def recv(self) -> object:
+        """The next object; ``ConnectionClosed`` once the peer is gone and its frames are read.
+
+        An object that does not unpickle here raises its unpickling error; the frame is consumed
+        and the connection stays usable.
+        """
+        if self._closed:
+            raise ConnectionClosed(f"connection to {self.peer} is closed")
+        size = int.from_bytes(await self._read(_HEADER_BYTES), "big")
+        if size > self.max_frame_bytes:
+            logger.warning(
+                "Closing the connection to %s: it sent a frame of %d bytes, over the limit of %d.",
+                self.peer, size, self.max_frame_bytes,
+            )
+            self.close()
+            raise ConnectionClosed(f"{self.peer} sent a frame of {size} bytes, over the limit")
+        return pickle.loads(await self._read(size))
+
+    async def _read(self, n: int) -> bytes:
+        try:
+            return await self._reader.readexactly(n)
+        except asyncio.IncompleteReadError:
+            self.close()
+            raise ConnectionClosed(f"{self.peer} closed the connection") from None
+        except OSError as exc:
+            self.close()
+            raise ConnectionClosed(f"connection to {self.peer} lost: {exc}") from exc
+
+    def close(self) -> None:
+        """Close after flushing what is already queued; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+
+    async def wait_closed(self) -> None:
+        try:
+            await self._writer.wait_closed()
+        except OSError:  # the connection ended with an error; it is closed all the same
+            pass
+
+
+class Server:
+    """Accepts connections, authenticates them, and runs ``handler`` on each in its own task."""
+
+    def __init__(
+        self,
+        handler: Callable[[Connection], Awaitable[None]],
+        secret: bytes,
+        handshake_timeout_s: float,
+        max_frame_bytes: int,
+    ) -> None:
+        self.address: tuple[str, int] = ("", 0)
+        self._handler = handler
+        self._secret = secret
+        self._handshake_timeout_s = handshake_timeout_s
+        self._max_frame_bytes = max_frame_bytes
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()  # every live socket, authenticated or not
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<Server {self.address[0]}:{self.address[1]}>"
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback, so the task is ours: we can cancel it on close without asyncio
+        # reporting the cancellation as an error.
+        if self._closing:
+            writer.close()
+            return
+        self._writers.add(writer)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer_name(writer)
+        try:
+            _set_nodelay(writer)
+            try:
+                await asyncio.wait_for(
+                    _server_handshake(reader, writer, self._secret), self._handshake_timeout_s
+                )
+            except asyncio.TimeoutError:  # before OSError: on 3.11+ it is the builtin TimeoutError
+                logger.warning(
+                    "Dropped the connection from %s: no handshake within %gs.",
+                    peer, self._handshake_timeout_s,
+                )
+                return
+            except AuthenticationError as exc:
+                logger.warning("Refused the connection from %s: %s", peer, exc)
+                return
+            except (asyncio.IncompleteReadError, OSError):
+                logger.debug("%s went away during the handshake.", peer)
+                return
+            conn = Connection(reader, writer, peer, max_frame_bytes=self._max_frame_bytes)
+            try:
+                await self._handler(conn)
+            except ConnectionClosed:
+                logger.debug("Connection from %s closed.", peer)
+            except Exception:
+                logger.exception("The handler for the connection from %s failed.", peer)
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+    async def close(self) -> None:
+        """Stop listening and close every connection; return once their handlers have ended.
+
+        A handler blocked on ``recv`` ends on its own; one still running after a short grace
+        period is cancelled.
+        """
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        tasks = self._tasks - {asyncio.current_task()}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=_HANDLER_GRACE_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def start_server(
+    handler: Callable[[Connection], Awaitable[None]],
+    *,
+    secret: bytes,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    handshake_timeout_s: float = 5.0,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> Server:
+    """Listen on ``host:port`` (port 0 picks a free one; see ``Server.address``).
+
+    ``handler`` runs once per authenticated connection; the connection is closed when it returns.
+    A ``ConnectionClosed`` escaping it is normal; any other exception is logged.
+    """
+    _check_secret(secret)
+    server = Server(handler, secret, handshake_timeout_s, max_frame_bytes)
+    server._server = await asyncio.start_server(server._accept, host, port, limit=_STREAM_LIMIT)
+    bound_host, bound_port = server._server.sockets[0].getsockname()[:2]
+    server.address = (bound_host, bound_port)
+    return server
+
+
+async def connect(
+    address: tuple[str, int],
+    *,
+    secret: bytes,
+    timeout_s: float = 10.0,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+) -> Connection:
+    """Connect and authenticate both ways within ``timeout_s``.
+
+    Raises ``AuthenticationError`` if the server refuses our proof or cannot prove its own,
+    ``TimeoutError`` at the deadline, and ``ConnectionError`` (refused, closed) otherwise.
+    """
+    _check_secret(secret)
+    host, port = address
+
+    async def attempt() -> Connection:
+        reader, writer = await asyncio.open_connection(host, port, limit=_STREAM_LIMIT)
+        try:
+            _set_nodelay(writer)
+            await _client_handshake(reader, writer, secret, f"{host}:{port}")
+        except BaseException:
+            writer.close()
+            raise
+        return Connection(reader, writer, _peer_name(writer), max_frame_bytes=max_frame_bytes)
+
+    try:
+        return await asyncio.wait_for(attempt(), timeout_s)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no authenticated connection to {host}:{port} within {timeout_s}s") from None
+
+
+# ---- handshake ----------------------------------------------------------------------------
+
+
+def _proof(secret: bytes, role: bytes, nonce: bytes) -> bytes:
+    # The role keeps a peer from answering a challenge by reflecting it back at us.
+    return hmac.new(secret, role + nonce, hashlib.sha256).digest()
+
+
+async def _server_handshake(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes
+) -> None:
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    writer.write(MAGIC + nonce)
+    if await reader.readexactly(len(MAGIC)) != MAGIC:
+        raise AuthenticationError("it does not speak this protocol version")
+    answer = await reader.readexactly(_DIGEST_BYTES)
+    client_nonce = await reader.readexactly(_NONCE_BYTES)
+    if not hmac.compare_digest(answer, _proof(secret, b"client", nonce)):
+        raise AuthenticationError("it does not know the cluster secret")
+    writer.write(_proof(secret, b"server", client_nonce))
+
+
+async def _client_handshake(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, peer: str
+) -> None:
+    try:
+        greeting = await reader.readexactly(len(MAGIC) + _NONCE_BYTES)
+    except asyncio.IncompleteReadError:
+        raise ConnectionClosed(f"{peer} closed the connection before the handshake") from None
+    if greeting[: len(MAGIC)] != MAGIC:
+        raise AuthenticationError(f"{peer} does not speak this protocol version")
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    writer.write(MAGIC + _proof(secret, b"client", greeting[len(MAGIC) :]) + nonce)
+    try:
+        answer = await reader.readexactly(_DIGEST_BYTES)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        # The server closes at once when our proof is wrong, so this is the usual sign of it.
+        raise AuthenticationError(
+            f"{peer} closed the connection during the handshake; it does not share our secret"
+        ) from None
+    if not hmac.compare_digest(answer, _proof(secret, b"server", nonce)):
+        raise AuthenticationError(f"{peer} could not prove it knows the cluster secret")
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _frame(obj: object, limit: int) -> bytes:
+    """Header and pickle in one buffer: a single write, and no copy to prepend the length."""
+    with io.BytesIO() as buf:
+        buf.write(bytes(_HEADER_BYTES))
+        cloudpickle.Pickler(buf, protocol=5).dump(obj)
+        size = buf.tell() - _HEADER_BYTES
+        if size > limit:
+            raise ValueError(
+                f"{type(obj).__qualname__} pickles to {size} bytes, over the frame limit of {limit}"
+            )
+        buf.seek(0)
+        buf.write(size.to_bytes(_HEADER_BYTES, "big"))
+        return buf.getvalue()
+
+
+def _check_secret(secret: bytes) -> None:
+    if not isinstance(secret, bytes) or not secret:
+        raise ValueError("secret must be non-empty bytes; see new_secret()")
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+def _set_nodelay(writer: asyncio.StreamWriter) -> None:
+    """Small replies must not wait on Nagle; asyncio and uvloop default to it, but say so."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - the socket died under us; the read will say so
+            pass

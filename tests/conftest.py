@@ -1,0 +1,49 @@
+import os
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.02, message: str = ""):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def serve_instance():
+    import modelplex as serve
+
+    port = free_port()
+    serve.start(http_options={"port": port})
+    yield SimpleNamespace(port=port, url=f"http://127.0.0.1:{port}")
+    serve.shutdown()

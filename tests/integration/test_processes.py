@@ -1,0 +1,137 @@
+"""Replicas are real processes: they log, and they never outlive the process that started them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import requests
+
+from ..conftest import free_port, pid_alive, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _start_driver(script: str, port: int) -> subprocess.Popen:
+    """Run ``script`` as ``__main__`` of a fresh Python: classes there travel by value."""
+    env = dict(os.environ, PYTHONPATH=ROOT, PORT=str(port))
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+DRIVER = """
+    import os, sys, threading
+    import modelplex as serve
+
+    @serve.deployment(num_replicas=2)
+    class Model:
+        @serve.multiplexed(max_num_models_per_replica=1)
+        async def get_model(self, model_id):
+            return model_id
+
+        async def __call__(self, request):
+            return {"model": await self.get_model(serve.get_multiplexed_model_id()),
+                    "pid": os.getpid()}
+
+    serve.start(http_options={"port": int(os.environ["PORT"])})
+    handle = serve.run(Model.bind())
+    print("READY", flush=True)
+    threading.Event().wait()
+"""
+
+
+def _read_until_ready(proc: subprocess.Popen) -> list[str]:
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.strip() == "READY":
+            return lines
+    raise AssertionError("driver exited before it was ready:\n" + "".join(lines))
+
+
+def test_replicas_exit_when_the_driver_is_killed():
+    port = free_port()
+    proc = _start_driver(DRIVER, port)
+    try:
+        _read_until_ready(proc)
+        url = f"http://127.0.0.1:{port}/"
+        pids = set()
+        for model in ["1", "2", "3", "4"]:
+            r = requests.get(url, headers={"serve_multiplexed_model_id": model}, timeout=30)
+            assert r.json()["model"] == model
+            pids.add(r.json()["pid"])
+        # Both replicas served (the __main__ class travelled by value) and both are alive.
+        wait_until(lambda: all(pid_alive(p) for p in pids))
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=10,
+               message="replicas outlived their driver")
+
+
+def test_replica_logs_reach_console_and_file():
+    port = free_port()
+    proc = _start_driver(DRIVER, port)
+    try:
+        before = "".join(_read_until_ready(proc))
+        url = f"http://127.0.0.1:{port}/"
+        for model in ["1", "2"]:  # capacity 1: loading 2 unloads 1 if both hit one replica
+            requests.get(url, headers={"serve_multiplexed_model_id": model}, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    output = before + output
+    assert "Loading model '1'." in output
+    assert "Successfully loaded model '1' in" in output
+    line = next(l for l in output.splitlines() if "Loading model '1'." in l)
+    # level, date, time, deployment, replica id, request id, route
+    fields = line.split()
+    assert fields[0] == "INFO" and fields[3] == "default_Model"
+    assert fields[4].startswith("default_Model#") and fields[5] != "-" and fields[6] == "/"
+    log_dirs = [l.split("logs at ")[-1].strip() for l in output.splitlines() if "logs at " in l]
+    assert log_dirs, output
+    files = os.listdir(log_dirs[0])
+    assert any(f.startswith("replica_default_Model_") for f in files)
+    text = "".join(open(os.path.join(log_dirs[0], f)).read() for f in files)
+    assert "Loading model '1'." in text
+
+
+def test_cli_serves_until_interrupted(tmp_path):
+    port = free_port()
+    (tmp_path / "cli_app.py").write_text(textwrap.dedent("""
+        import modelplex as serve
+
+        @serve.deployment
+        class Hello:
+            def __call__(self, request):
+                return "hello from the cli"
+
+        app = Hello.bind()
+    """))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelplex._cli", "run", "cli_app:app", "--port", str(port)],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if "serving cli_app:app" in line:
+                break
+        r = requests.get(f"http://127.0.0.1:{port}/", timeout=30)
+        assert r.text == "hello from the cli"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
