@@ -188,3 +188,47 @@ def test_bad_model_ids_rejected():
         DeploymentHandle("X").options(multiplexed_model_id="a\x00b")
     with pytest.raises(ValueError):
         DeploymentHandle("X").options(multiplexed_model_id="x" * 300)
+
+
+@serve.deployment
+class SyncUpstream:
+    def __init__(self, downstream: DeploymentHandle):
+        self._h = downstream
+
+    def __call__(self, request):  # a sync method: runs in a thread, blocks on .result()
+        return self._h.options(multiplexed_model_id="sync").remote().result(timeout_s=30)
+
+
+def test_sync_method_calls_a_handle(serve_instance):
+    serve.run(SyncUpstream.bind(Downstream.bind()))
+    assert requests.get(serve_instance.url).text == "sync"
+
+
+@serve.deployment
+class SyncModels:
+    @serve.multiplexed(max_num_models_per_replica=2)
+    async def get_model(self, model_id: str) -> str:
+        return f"model-{model_id}"
+
+    def __call__(self, request):  # a sync method fetching a model without await
+        return self.get_model(serve.get_multiplexed_model_id())
+
+
+def test_sync_method_fetches_a_model(serve_instance):
+    serve.run(SyncModels.bind())
+    r = requests.get(serve_instance.url, headers={"serve_multiplexed_model_id": "3"})
+    assert r.text == "model-3"
+
+
+@serve.deployment
+class RaisesHTTP:
+    def __call__(self, request):
+        from starlette.exceptions import HTTPException
+
+        raise HTTPException(status_code=403, detail="not for you")
+
+
+def test_starlette_http_exception_keeps_its_status(serve_instance):
+    serve.run(RaisesHTTP.bind())
+    r = requests.get(serve_instance.url)
+    assert (r.status_code, r.text) == (403, "not for you")

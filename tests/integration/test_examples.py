@@ -1,0 +1,79 @@
+"""The examples and the README's code run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import requests
+
+import modelplex as serve
+
+from ..conftest import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+
+from composition import app as composition_app  # noqa: E402
+from inferencer import ModelInferencer  # noqa: E402
+from make_models import make_models  # noqa: E402
+
+
+def test_seed_model_inferencer_over_local_files(serve_instance, tmp_path):
+    root = make_models(tmp_path / "bucket", count=4, dim=8)
+    serve.run(ModelInferencer.bind(str(root)))
+    outputs = {}
+    for model_id in ["1", "2", "3", "4", "1"]:
+        resp = requests.get(serve_instance.url, headers={"serve_multiplexed_model_id": model_id})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["model_id"] == model_id
+        outputs.setdefault(model_id, resp.json()["output"])
+        assert resp.json()["output"] == outputs[model_id]
+    assert len(set(outputs.values())) == 4  # four different weight files
+
+
+def test_model_ids_cannot_escape_the_model_root(serve_instance, tmp_path):
+    root = make_models(tmp_path / "bucket", count=1, dim=4)
+    secret = tmp_path / "secret" / "model.npy"
+    secret.parent.mkdir()
+    secret.write_bytes((root / "1" / "model.npy").read_bytes())
+    serve.run(ModelInferencer.bind(str(root)))
+    for bad in ["../secret", "../../etc/passwd", str(tmp_path / "secret"), "1/../../secret"]:
+        resp = requests.get(serve_instance.url, headers={"serve_multiplexed_model_id": bad})
+        assert resp.status_code == 500 and "outside the model root" in resp.text, (bad, resp.text)
+    resp = requests.get(serve_instance.url, headers={"serve_multiplexed_model_id": "9"})
+    assert resp.status_code == 500 and "no model '9'" in resp.text
+
+
+def test_seed_composition(serve_instance):
+    serve.run(composition_app)
+    assert requests.get(serve_instance.url).text == "bar"
+
+
+def test_demo_runs_once():
+    port = free_port()
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "demo.py"), "--once", "--port", str(port)],
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("HTTP 200") == 6
+    assert "Loading model '1'." in out.stderr
+
+
+def test_readme_example_runs(serve_instance):
+    text = open(os.path.join(ROOT, "README.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    resp = requests.get(
+        serve_instance.url, headers={"serve_multiplexed_model_id": "1"}, json={"x": 2}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"model": "1", "prediction": 2}
