@@ -18,7 +18,7 @@ import uvicorn
 from starlette.exceptions import HTTPException
 
 from ._config import HTTPOptions
-from ._errors import ModelIdError, ModelplexError, RouteNotFoundError, http_status_for
+from ._errors import ModelplexError, RequestTimeoutError, RouteNotFoundError, http_status_for
 from ._http import request_from_scope
 from ._messages import DeploymentID, HTTPResult
 from ._model_ids import model_id_from_headers
@@ -93,8 +93,6 @@ class ProxyApp:
         try:
             return await asyncio.wait_for(call, timeout)
         except asyncio.TimeoutError:
-            from ._errors import RequestTimeoutError
-
             raise RequestTimeoutError(timeout) from None
 
     async def _management(self, path: str, send: Send) -> None:
@@ -149,21 +147,19 @@ async def _send_error(send: Send, exc: BaseException) -> None:
     elif isinstance(exc, PayloadTooLarge):
         status, text = 413, str(exc)
     else:
+        # One line: modelplex's own errors say what went wrong; others are named by type.
         status = http_status_for(exc)
         message = str(exc).splitlines()[0] if str(exc) else ""
-        if isinstance(exc, (ModelplexError, ModelIdError)):
+        if isinstance(exc, ModelplexError):
             text = message
         else:
             text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    if status >= 500 and not isinstance(exc, ModelplexError):
-        logger.debug("request failed with %s", type(exc).__name__)
-    headers_retry = status == 503
     body = text.encode()
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
     ]
-    if headers_retry:
+    if status == 503:
         headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
