@@ -3,7 +3,21 @@
 Written so that Ray Serve's model multiplexing code runs with ``import modelplex as serve``.
 """
 
-from ._api import delete, get_app_handle, get_deployment_handle, run, shutdown, start
+from ._admin import ModelStatus
+from ._api import (
+    configure_multiplexing,
+    delete,
+    get_app_handle,
+    get_deployment_handle,
+    list_models,
+    pin_model,
+    preload_model,
+    run,
+    shutdown,
+    start,
+    unload_model,
+    unpin_model,
+)
 from ._config import HTTPOptions
 from ._context import get_multiplexed_model_id
 from ._deployment import Application, Deployment, deployment
@@ -36,19 +50,26 @@ __all__ = [
     "MissingModelIdError",
     "ModelIdError",
     "ModelLoadTimeoutError",
+    "ModelStatus",
     "ModelTooLargeError",
     "ModelplexError",
     "RemoteError",
     "ReplicaDiedError",
     "RequestTimeoutError",
     "RouteNotFoundError",
+    "configure_multiplexing",
     "delete",
     "deployment",
     "get_app_handle",
     "get_deployment_handle",
     "get_multiplexed_model_id",
+    "list_models",
     "multiplexed",
+    "pin_model",
+    "preload_model",
     "run",
     "shutdown",
     "start",
+    "unload_model",
+    "unpin_model",
 ]

@@ -7,6 +7,7 @@ from typing import Any
 from . import _runtime
 from ._config import HTTPOptions
 from ._deployment import Application
+from ._admin import ModelStatus
 from ._handle import DeploymentHandle
 
 
@@ -72,10 +73,88 @@ def shutdown() -> None:
     _runtime.shutdown()
 
 
-def get_app_handle(name: str = "default") -> DeploymentHandle:
+def _running() -> "_runtime.Runtime":
     runtime = _runtime.current_runtime()
     if runtime is None:
         raise RuntimeError("modelplex is not running; call serve.run() first")
+    return runtime
+
+
+def list_models(app_name: str | None = None, deployment_name: str | None = None) -> list[ModelStatus]:
+    """Which replica holds which model (loaded or loading), with size, idle time and pins.
+
+    Without ``app_name``, every deployment of every application."""
+    runtime = _running()
+    return runtime.call(runtime.models.list_models(app_name, deployment_name))
+
+
+def preload_model(
+    model_id: str,
+    *,
+    app_name: str = "default",
+    deployment_name: str | None = None,
+    num_replicas: int = 1,
+) -> list[str]:
+    """Load ``model_id`` on ``num_replicas`` replicas now, where routing will look for it.
+
+    ``deployment_name`` defaults to the application's ingress. Returns the replica ids."""
+    runtime = _running()
+    return runtime.call(
+        runtime.models.place("preload", model_id, app_name, deployment_name, num_replicas)
+    )
+
+
+def pin_model(
+    model_id: str,
+    *,
+    app_name: str = "default",
+    deployment_name: str | None = None,
+    num_replicas: int = 1,
+) -> list[str]:
+    """Preload ``model_id`` and pin it: it is never evicted until unpinned or unloaded."""
+    runtime = _running()
+    return runtime.call(
+        runtime.models.place("pin", model_id, app_name, deployment_name, num_replicas)
+    )
+
+
+def unpin_model(
+    model_id: str, *, app_name: str = "default", deployment_name: str | None = None
+) -> list[str]:
+    """Make ``model_id`` an ordinary LRU candidate again; returns the replicas that had it pinned."""
+    runtime = _running()
+    return runtime.call(runtime.models.release("unpin", model_id, app_name, deployment_name))
+
+
+def unload_model(
+    model_id: str, *, app_name: str = "default", deployment_name: str | None = None
+) -> list[str]:
+    """Unload ``model_id`` from every replica (after requests using it finish)."""
+    runtime = _running()
+    return runtime.call(runtime.models.release("unload", model_id, app_name, deployment_name))
+
+
+def configure_multiplexing(
+    *,
+    app_name: str = "default",
+    deployment_name: str | None = None,
+    max_num_models_per_replica: int | None = None,
+    max_memory_bytes: int | None = None,
+) -> None:
+    """Change a running deployment's cache limits without restarting its replicas.
+
+    Shrinking evicts at once; replicas started later (replacements) get the new limits too.
+    A redeploy goes back to the limits in the code."""
+    runtime = _running()
+    runtime.call(
+        runtime.models.configure(
+            app_name, deployment_name, max_num_models_per_replica, max_memory_bytes
+        )
+    )
+
+
+def get_app_handle(name: str = "default") -> DeploymentHandle:
+    runtime = _running()
     for app_name, ingress in runtime.controller.routes().values():
         if app_name == name:
             return DeploymentHandle(ingress.name, app_name)

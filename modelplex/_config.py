@@ -46,6 +46,7 @@ class DeploymentConfig:
     max_queued_requests: int = -1
     graceful_shutdown_timeout_s: float = 20.0
     health_check_timeout_s: float = 30.0
+    max_replicas_per_model: int | None = None
     ray_actor_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -58,6 +59,8 @@ class DeploymentConfig:
         _int("max_queued_requests", self.max_queued_requests, minimum=0, allow_minus_one=True)
         _positive_float("graceful_shutdown_timeout_s", self.graceful_shutdown_timeout_s)
         _positive_float("health_check_timeout_s", self.health_check_timeout_s)
+        if self.max_replicas_per_model is not None:
+            _int("max_replicas_per_model", self.max_replicas_per_model, minimum=1)
         if self.ray_actor_options is not None and not isinstance(self.ray_actor_options, Mapping):
             raise TypeError(f"ray_actor_options must be a dict, got {self.ray_actor_options!r}")
 

@@ -87,6 +87,7 @@ class Controller:
         self._server: Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._deploy_lock = asyncio.Lock()
+        self._cache_limits: dict[DeploymentID, tuple] = {}
         self._closed = False
 
     @property
@@ -107,6 +108,17 @@ class Controller:
     def app_names(self) -> list[str]:
         return list(self._apps)
 
+    def set_cache_limits(self, deployment_id: DeploymentID, limits: tuple) -> None:
+        """Remembered so replicas started later (replacements) get them too."""
+        self._cache_limits[deployment_id] = limits
+
+    def deployments(self, app_name: str) -> tuple[DeploymentID, list[DeploymentID]]:
+        """(ingress, every deployment) of application ``app_name``."""
+        app = self._apps.get(app_name)
+        if app is None:
+            raise KeyError(f"no application named {app_name!r}")
+        return app.ingress, [d.id for d in app.deployments.values()]
+
     async def deploy(
         self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str
     ) -> None:
@@ -121,6 +133,8 @@ class Controller:
                 spec.config.name: _Deployment(DeploymentID(name, spec.config.name), spec)
                 for spec in specs
             }
+            for deployment in new.values():  # a redeploy starts from the code's own limits
+                self._cache_limits.pop(deployment.id, None)
             try:
                 await asyncio.gather(*(self._start_replicas(d) for d in new.values()))
             except BaseException:
@@ -176,7 +190,13 @@ class Controller:
             for r in deployment.replicas.values()
             if r.address is not None and not r.stopping
         )
-        return ReplicaSet(deployment_id, version, replicas, config.max_queued_requests)
+        return ReplicaSet(
+            deployment_id,
+            version,
+            replicas,
+            config.max_queued_requests,
+            max_replicas_per_model=config.max_replicas_per_model,
+        )
 
     async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet:
         """Return the replica set once its version differs from ``known_version``."""
@@ -219,6 +239,7 @@ class Controller:
             sys_path=tuple(p for p in sys.path if p),
             cwd=os.getcwd(),
             ray_actor_options=config.ray_actor_options,
+            cache_limits=self._cache_limits.get(deployment.id),
         )
         loop = asyncio.get_running_loop()
         process = await self._backend.start(spec)

@@ -69,6 +69,7 @@ def deployment(
     max_queued_requests: int | None = None,
     graceful_shutdown_timeout_s: float | None = None,
     health_check_timeout_s: float | None = None,
+    max_replicas_per_model: int | None = None,
     ray_actor_options: dict | None = None,
 ) -> Any:
     """Turn a class or function into a deployment, bare (``@deployment``) or with options."""
@@ -79,6 +80,7 @@ def deployment(
             max_queued_requests=max_queued_requests,
             graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
             health_check_timeout_s=health_check_timeout_s,
+            max_replicas_per_model=max_replicas_per_model,
             ray_actor_options=ray_actor_options,
         )
     )

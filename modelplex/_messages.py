@@ -124,3 +124,4 @@ class ReplicaSet:
     replicas: tuple[ReplicaInfo, ...]
     max_queued: int = -1
     exists: bool = True
+    max_replicas_per_model: int | None = None

@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 import socket
+from urllib.parse import parse_qsl
 from typing import Any, Awaitable, Callable
 
 import uvicorn
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from ._config import HTTPOptions
 from ._errors import ModelplexError, RequestTimeoutError, RouteNotFoundError, http_status_for
 from ._http import request_from_scope
+from ._management import ModelManager, status_dicts
 from ._messages import DeploymentID, HTTPResult
 from ._model_ids import model_id_from_headers
 from ._router import RouterRegistry
@@ -47,10 +49,17 @@ def match_route(path: str, prefixes: list[str]) -> str | None:
 
 
 class ProxyApp:
-    def __init__(self, routes: Routes, registry: RouterRegistry, options: HTTPOptions) -> None:
+    def __init__(
+        self,
+        routes: Routes,
+        registry: RouterRegistry,
+        options: HTTPOptions,
+        models: ModelManager | None = None,
+    ) -> None:
         self._routes = routes
         self._registry = registry
         self._options = options
+        self._models = models
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -60,7 +69,7 @@ class ProxyApp:
             return  # websockets are not served; uvicorn closes the connection
         path = scope["path"]
         if path.startswith("/-/"):
-            await self._management(path, send)
+            await self._management(scope, receive, send)
             return
         try:
             result = await self._forward(scope, receive)
@@ -95,14 +104,58 @@ class ProxyApp:
         except asyncio.TimeoutError:
             raise RequestTimeoutError(timeout) from None
 
-    async def _management(self, path: str, send: Send) -> None:
+    async def _management(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
         if path == "/-/healthz":
             await _send_text(send, 200, "success")
         elif path == "/-/routes":
             routes = {prefix: app for prefix, (app, _) in self._routes().items()}
-            await _send_text(send, 200, json.dumps(routes), "application/json")
+            await _send_json(send, 200, routes)
+        elif path.startswith("/-/models") and self._models is not None:
+            try:
+                result = await self._manage_models(path, method, scope, receive)
+            except KeyError as exc:
+                await _send_text(send, 404, str(exc.args[0]) if exc.args else "not found")
+            except (ValueError, TypeError) as exc:
+                await _send_text(send, 400, str(exc))
+            except Exception as exc:
+                await _send_error(send, exc)
+            else:
+                await _send_json(send, 200, result)
         else:
             await _send_text(send, 404, f"no management route {path!r}")
+
+    async def _manage_models(self, path: str, method: str, scope: Scope, receive: Receive) -> Any:
+        """GET /-/models lists; POST /-/models/{preload,pin,unpin,unload,configure} acts."""
+        assert self._models is not None
+        if path == "/-/models" and method == "GET":
+            query = dict(parse_qsl(scope.get("query_string", b"").decode()))
+            statuses = await self._models.list_models(query.get("app"), query.get("deployment"))
+            return status_dicts(statuses)
+        op = path[len("/-/models/"):]
+        if method != "POST" or op not in ("preload", "pin", "unpin", "unload", "configure"):
+            raise KeyError(f"no management route {method} {path!r}")
+        body = await _read_body(receive, 1 << 20)
+        try:
+            args = json.loads(body or b"{}")
+        except ValueError:
+            raise ValueError("the request body must be a JSON object") from None
+        if not isinstance(args, dict):
+            raise ValueError("the request body must be a JSON object")
+        app, deployment = args.get("app", "default"), args.get("deployment")
+        if op == "configure":
+            await self._models.configure(
+                app, deployment, args.get("max_num_models_per_replica"), args.get("max_memory_bytes")
+            )
+            return {"ok": True}
+        model_id = args.get("model_id")
+        if not isinstance(model_id, str) or not model_id:
+            raise ValueError("model_id (a non-empty string) is required")
+        if op in ("preload", "pin"):
+            replicas = await self._models.place(op, model_id, app, deployment, args.get("replicas", 1))
+        else:
+            replicas = await self._models.release(op, model_id, app, deployment)
+        return {"replicas": replicas}
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -139,6 +192,10 @@ async def _send_text(send: Send, status: int, text: str, media: str = "text/plai
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_json(send: Send, status: int, value: Any) -> None:
+    await _send_text(send, status, json.dumps(value), "application/json")
 
 
 async def _send_error(send: Send, exc: BaseException) -> None:

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse
 
 from . import _context, _multiplex
+from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
 from ._backends import ReplicaSpec
 from ._cache import ModelCache
@@ -77,6 +78,7 @@ class Replica:
         self.loop = asyncio.get_running_loop()
         self.user = LoopThread("modelplex-user")
         self.instance: Any = None
+        self.admin: Admin | None = None
         self.caches: list[ModelCache] = []
         self.conns: set[Connection] = set()
         self.running: dict[tuple[int, int], Any] = {}
@@ -98,6 +100,14 @@ class Replica:
         try:
             cls, args, kwargs = cloudpickle.loads(self.spec.payload)
             self.instance = await asyncio.wrap_future(self.user.submit(_construct(cls, args, kwargs)))
+            self.admin = Admin(self.replica_id, self.instance, self.caches)
+            if self.spec.cache_limits is not None:
+                limits, admin = self.spec.cache_limits, self.admin
+
+                async def configure() -> None:  # caches belong to the user loop
+                    admin.configure(*limits)
+
+                await asyncio.wrap_future(self.user.submit(configure()))
         except BaseException as exc:
             logger.exception("Replica %s failed to start.", self.replica_id)
             await control.send(
@@ -141,6 +151,8 @@ class Replica:
 
     def _on_new_cache(self, cache: ModelCache) -> None:
         self.caches.append(cache)
+        if self.admin is not None:
+            self.admin.apply_limits(cache)
         cache.on_change = self._models_changed  # called on the user loop
         self._models_changed()
 
@@ -220,6 +232,9 @@ class Replica:
         )
         token = _context.set_request(ctx)
         try:
+            if self.admin.handles(call.method):
+                args = pickle.loads(call.payload)[0] if call.payload else ()
+                return self._success(call, await self.admin.run(call.method, args))
             method = getattr(self.instance, call.method, None)
             if method is None or not callable(method):
                 raise AttributeError(

@@ -38,6 +38,7 @@ from ._transport import Connection, ConnectionClosed, connect
 logger = logging.getLogger("modelplex.router")
 
 _TICK_S = 0.01
+_CONNECT_TIMEOUT_S = 5.0
 
 
 def _encode_args(args: tuple, kwargs: dict) -> bytes:
@@ -115,6 +116,8 @@ class Router:
         self._max_replicas_per_model = max_replicas_per_model
         self._replicas: dict[str, _Replica] = {}
         self._version = -1
+        self._expected = 0
+        self._connecting = 0
         self._max_queued = -1
         self._queue: deque[_Waiting] = deque()
         self._spill = SpillMeter()
@@ -148,6 +151,31 @@ class Router:
         result = await self._send(
             replica, method, payload, model_id, http, trace_id, reserved=reserved
         )
+        return self._decode(result, method)
+
+    async def call_replica(self, replica_id: str, method: str, *args: Any) -> Any:
+        """Call one replica directly, bypassing the policy (model management uses this)."""
+        replica = self._replicas.get(replica_id)
+        if replica is None or not replica.routable:
+            raise ReplicaDiedError(replica_id, "it is no longer serving")
+        payload = _encode_args(args, {}) if args else b""
+        result = await self._send(replica, method, payload, "", None, "", reserved=False)
+        return self._decode(result, method)
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> list[str]:
+        """Wait until every published replica is connected; return their ids."""
+        if self._watch_task is None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
+        deadline = self._clock() + timeout_s
+        while True:
+            ready = [r.info.replica_id for r in self._replicas.values() if r.routable]
+            if self._version >= 0 and len(ready) >= self._expected:
+                return ready
+            if self._clock() > deadline:
+                raise TimeoutError(f"replicas of {self.deployment_id} not ready in {timeout_s}s")
+            await asyncio.sleep(0.01)
+
+    def _decode(self, result: Result, method: str) -> Any:
         try:
             value = pickle.loads(result.payload)
         except Exception as exc:
@@ -200,7 +228,7 @@ class Router:
         )
 
     def _place_now(self, model_id: str) -> _Replica | None:
-        if self._queue:
+        if self._queue or self._connecting:
             return None  # keep FIFO order behind those already waiting
         choice = self._choose(model_id, self._clock())
         if choice.replica_id is None:
@@ -231,7 +259,9 @@ class Router:
 
     def _drain(self) -> None:
         """Place as many waiting requests as the policy allows, oldest first."""
-        if not self._queue:
+        if not self._queue or self._connecting:
+            # Until every known replica is connected, a cold model's home may be missing from
+            # the view, and this router would disagree with the others about where it goes.
             return
         now = self._clock()
         still: deque[_Waiting] = deque()
@@ -329,6 +359,8 @@ class Router:
             return
         self._version = replica_set.version
         self._max_queued = replica_set.max_queued
+        self._expected = len(replica_set.replicas)
+        self._max_replicas_per_model = replica_set.max_replicas_per_model
         current = {info.replica_id: info for info in replica_set.replicas}
         for replica_id, replica in list(self._replicas.items()):
             if replica_id not in current:
@@ -350,36 +382,47 @@ class Router:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, replica: _Replica) -> None:
+        """Connect, then read the replica's messages until the connection ends.
+
+        The replica becomes routable with its first ``ModelsUpdate``, sent as soon as we
+        connect: a router that placed requests before knowing what a replica holds would load
+        models that are already loaded there. Until then, placement waits (see ``_drain``).
+        """
+        self._connecting += 1
         try:
-            replica.conn = await connect(replica.info.address, secret=self._secret)
-        except Exception as exc:
-            logger.warning("cannot connect to replica %s: %s", replica.info.replica_id, exc)
-            replica.dead = True
-            self._replicas.pop(replica.info.replica_id, None)
-            return
-        replica.routable = replica.info.replica_id in self._replicas and not self._closed
-        self._drain()
-        try:
+            try:
+                replica.conn = await connect(
+                    replica.info.address, secret=self._secret, timeout_s=_CONNECT_TIMEOUT_S
+                )
+                first = await asyncio.wait_for(replica.conn.recv(), _CONNECT_TIMEOUT_S)
+            finally:
+                self._connecting -= 1
+            replica.routable = (
+                self._replicas.get(replica.info.replica_id) is replica and not self._closed
+            )
+            self._on_message(replica, first)
             while True:
-                message = await replica.conn.recv()
-                if isinstance(message, Result):
-                    future = replica.inflight.get(message.request_id)
-                    if future is not None and not future.done():
-                        future.set_result(message)
-                elif isinstance(message, ModelsUpdate):
-                    replica.loaded = dict(message.loaded)
-                    replica.loading = frozenset(message.loading)
-                    replica.has_room = message.has_room
-                    self._load_cost.update(message.loaded)
-                    self._drain()
+                self._on_message(replica, await replica.conn.recv())
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("connection to replica %s failed", replica.info.replica_id)
+        except Exception as exc:
+            logger.warning("connection to replica %s failed: %r", replica.info.replica_id, exc)
         finally:
             self._fail_replica(replica, "connection lost")
+
+    def _on_message(self, replica: _Replica, message: object) -> None:
+        if isinstance(message, Result):
+            future = replica.inflight.get(message.request_id)
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif isinstance(message, ModelsUpdate):
+            replica.loaded = dict(message.loaded)
+            replica.loading = frozenset(message.loading)
+            replica.has_room = message.has_room
+            self._load_cost.update(message.loaded)
+        self._drain()
 
     def _fail_replica(self, replica: _Replica, detail: str) -> None:
         replica.dead = True

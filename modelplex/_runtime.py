@@ -25,6 +25,7 @@ from ._controller import Controller, DeploymentSpec
 from ._deployment import Application, Deployment
 from ._handle import DeploymentHandle
 from ._logging import configure_driver_logging
+from ._management import ModelManager
 from ._proxy import Proxy, ProxyApp
 from ._router import RouterRegistry, install_registry
 from ._transport import new_secret
@@ -48,6 +49,7 @@ class Runtime:
         self._thread = LoopThread("modelplex-driver")
         self.controller = Controller(backend or LocalBackend(), secret=self._secret, log_dir=self.log_dir)
         self.registry = RouterRegistry(self._thread.loop, self.controller, self._secret)
+        self.models = ModelManager(self.controller, self.registry)
         self.proxy: Proxy | None = None
         try:
             self._thread.run(self._start())
@@ -61,7 +63,8 @@ class Runtime:
     async def _start(self) -> None:
         await self.controller.start()
         if self.http_options is not None:
-            self.proxy = Proxy(ProxyApp(self.controller.routes, self.registry, self.http_options), self.http_options)
+            app = ProxyApp(self.controller.routes, self.registry, self.http_options, self.models)
+            self.proxy = Proxy(app, self.http_options)
             await self.proxy.start()
 
     @property
@@ -72,6 +75,10 @@ class Runtime:
         specs, ingress = build_app(app, name)
         self._thread.run(self.controller.deploy(name, route_prefix, specs, ingress))
         return DeploymentHandle(ingress, name)
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the driver loop from the user's thread."""
+        return self._thread.run(coro, timeout)
 
     def delete(self, name: str) -> None:
         self._thread.run(self.controller.delete(name))

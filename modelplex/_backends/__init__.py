@@ -27,6 +27,7 @@ class ReplicaSpec:
     sys_path: tuple[str, ...] = ()
     cwd: str = ""
     ray_actor_options: Mapping[str, Any] | None = None
+    cache_limits: tuple | None = None  # (max models, max bytes) set at run time
 
     def __repr__(self) -> str:  # never print the secret
         return f"ReplicaSpec(replica_id={self.replica_id!r})"

@@ -1,0 +1,125 @@
+"""Model management inside a replica: list, preload, pin, unload, resize.
+
+Routers reach these through ordinary calls to reserved method names, so management needs no
+second channel and works wherever the data plane does. Preloading calls the deployment's own
+multiplexed loader (found by its marker), which also creates the cache if no request has yet.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ._cache import ModelCache
+
+PREFIX = "__modelplex_"
+LIST, PRELOAD, PIN, UNPIN, UNLOAD, CONFIGURE = (
+    f"{PREFIX}{name}__" for name in ("models", "preload", "pin", "unpin", "unload", "configure")
+)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model on one replica, as ``serve.list_models`` reports it."""
+
+    replica_id: str
+    model_id: str
+    state: str  # "loaded" or "loading"
+    size_bytes: int | None = None
+    idle_s: float | None = None  # seconds since its last use
+    load_s: float | None = None
+    pinned: bool = False
+    in_use: int = 0
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    max_models: Any
+    max_bytes: Any
+
+
+class Admin:
+    """The replica's management operations, run on the user loop."""
+
+    def __init__(self, replica_id: str, instance: Any, caches: list[ModelCache]) -> None:
+        self._replica_id = replica_id
+        self._instance = instance
+        self._caches = caches  # shared with the replica: caches appear as loaders first run
+        self.limits: CacheLimits | None = None
+
+    def handles(self, method: str) -> bool:
+        return method.startswith(PREFIX)
+
+    async def run(self, method: str, args: tuple) -> Any:
+        if method == LIST:
+            return self.models()
+        if method == PRELOAD:
+            return await self.preload(*args)
+        if method == PIN:
+            await self.preload(*args)
+            for cache in self._caches_holding(args[0]):
+                cache.pin(args[0])
+            return True
+        if method == UNPIN:
+            for cache in self._caches_holding(args[0]):
+                cache.unpin(args[0])
+            return True
+        if method == UNLOAD:
+            results = [await cache.unload(args[0]) for cache in list(self._caches)]
+            return any(results)
+        if method == CONFIGURE:
+            self.configure(*args)
+            return True
+        raise AttributeError(f"unknown management operation {method!r}")
+
+    def models(self) -> list[ModelStatus]:
+        now = time.monotonic()
+        out: list[ModelStatus] = []
+        for cache in list(self._caches):
+            snapshot = cache.snapshot()
+            for info in snapshot.loaded:
+                out.append(
+                    ModelStatus(
+                        self._replica_id, info.model_id, "loaded", info.size,
+                        round(max(0.0, now - info.last_used), 3), round(info.load_s, 4),
+                        info.pinned, info.in_use,
+                    )
+                )
+            out.extend(ModelStatus(self._replica_id, m, "loading") for m in snapshot.loading)
+        return out
+
+    async def preload(self, model_id: str) -> bool:
+        loaders = self._loaders()
+        if not loaders:
+            raise TypeError("this deployment has no @serve.multiplexed loader to preload with")
+        for loader in loaders:
+            await loader(model_id)
+        return True
+
+    def configure(self, max_models: Any, max_bytes: Any) -> None:
+        """Resize every cache now, and those created later (see ``apply_limits``)."""
+        self.limits = CacheLimits(max_models, max_bytes)
+        for cache in list(self._caches):
+            self.apply_limits(cache)
+
+    def apply_limits(self, cache: ModelCache) -> None:
+        if self.limits is None:
+            return
+        changes = {}
+        if self.limits.max_models is not None:
+            changes["max_models"] = self.limits.max_models
+        if self.limits.max_bytes is not None:
+            changes["max_bytes"] = self.limits.max_bytes or None
+        cache.resize(**changes)
+
+    def _caches_holding(self, model_id: str) -> list[ModelCache]:
+        return [cache for cache in self._caches if model_id in cache]
+
+    def _loaders(self) -> list[Any]:
+        cls = type(self._instance)
+        return [
+            getattr(self._instance, name)
+            for name in dir(cls)
+            if getattr(getattr(cls, name, None), "_modelplex_multiplexed", False)
+        ]

@@ -1,0 +1,106 @@
+"""Model management across a deployment's replicas, from the driver.
+
+Which replicas a model goes to is the routing policy's business, so preloading and pinning
+follow it: replicas that already hold the model first, then the model's rendezvous order, the
+same order a router uses to place it cold. Requests then find it where it was put.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from . import _admin
+from ._admin import ModelStatus
+from ._messages import DeploymentID
+from ._model_ids import validate_model_id
+from ._multiplex import _validate_bytes, _validate_count
+from ._router import RouterRegistry
+from ._routing import rendezvous_order
+
+
+class ModelManager:
+    def __init__(self, controller: Any, registry: RouterRegistry) -> None:
+        self._controller = controller
+        self._registry = registry
+
+    def _targets(self, app: str | None, deployment: str | None) -> list[DeploymentID]:
+        apps = [app] if app is not None else self._controller.app_names()
+        out: list[DeploymentID] = []
+        for name in apps:
+            ingress, every = self._controller.deployments(name)
+            if deployment is None:
+                out.extend(every if app is None else [ingress])
+            elif DeploymentID(name, deployment) in every:
+                out.append(DeploymentID(name, deployment))
+            else:
+                raise KeyError(f"application {name!r} has no deployment {deployment!r}")
+        return out
+
+    def _one(self, app: str, deployment: str | None) -> DeploymentID:
+        return self._targets(app, deployment)[0]
+
+    async def _each_replica(self, deployment_id: DeploymentID, method: str, *args: Any) -> dict:
+        router = self._registry.router(deployment_id)
+        replica_ids = await router.wait_ready()
+        results = await asyncio.gather(
+            *(router.call_replica(r, method, *args) for r in replica_ids)
+        )
+        return dict(zip(replica_ids, results))
+
+    async def list_models(self, app: str | None, deployment: str | None) -> list[ModelStatus]:
+        out: list[ModelStatus] = []
+        for deployment_id in self._targets(app, deployment):
+            for statuses in (await self._each_replica(deployment_id, _admin.LIST)).values():
+                out.extend(statuses)
+        return sorted(out, key=lambda s: (s.replica_id, s.model_id))
+
+    async def place(
+        self, op: str, model_id: str, app: str, deployment: str | None, replicas: int
+    ) -> list[str]:
+        """Preload (or pin) ``model_id`` on ``replicas`` replicas; return their ids."""
+        validate_model_id(model_id)
+        if not model_id:
+            raise ValueError("model_id must not be empty")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
+        router = self._registry.router(self._one(app, deployment))
+        replica_ids = await router.wait_ready()
+        holders = [r for r, models in router.replica_models().items() if model_id in models["loaded"]]
+        order = holders + [r for r in rendezvous_order(model_id, replica_ids) if r not in holders]
+        chosen = order[:replicas]
+        method = _admin.PIN if op == "pin" else _admin.PRELOAD
+        await asyncio.gather(*(router.call_replica(r, method, model_id) for r in chosen))
+        return chosen
+
+    async def release(self, op: str, model_id: str, app: str, deployment: str | None) -> list[str]:
+        """Unpin or unload ``model_id`` everywhere; return the replicas that had it."""
+        validate_model_id(model_id)
+        deployment_id = self._one(app, deployment)
+        method = _admin.UNPIN if op == "unpin" else _admin.UNLOAD
+        if op == "unpin":
+            had = {
+                s.replica_id
+                for s in await self.list_models(app, deployment_id.name)
+                if s.model_id == model_id and s.pinned
+            }
+            await self._each_replica(deployment_id, method, model_id)
+            return sorted(had)
+        results = await self._each_replica(deployment_id, method, model_id)
+        return sorted(r for r, unloaded in results.items() if unloaded)
+
+    async def configure(
+        self, app: str, deployment: str | None, max_models: Any, max_bytes: Any
+    ) -> None:
+        if max_models is not None:
+            _validate_count(max_models)
+        if max_bytes is not None:
+            _validate_bytes(max_bytes)
+        deployment_id = self._one(app, deployment)
+        self._controller.set_cache_limits(deployment_id, (max_models, max_bytes))
+        await self._each_replica(deployment_id, _admin.CONFIGURE, max_models, max_bytes)
+
+
+def status_dicts(statuses: list[ModelStatus]) -> list[dict]:
+    return [dataclasses.asdict(s) for s in statuses]
