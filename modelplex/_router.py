@@ -86,12 +86,23 @@ class _Replica:
         return model_id in self.loaded or model_id in self.loading or model_id in self.sent_loads
 
 
+class _Slot:
+    """A request's place on one replica, from placement until its result arrives."""
+
+    __slots__ = ("replica", "model_id", "loads")
+
+    def __init__(self, replica: _Replica, model_id: str, loads: bool) -> None:
+        self.replica = replica
+        self.model_id = model_id
+        self.loads = loads
+
+
 class _Waiting:
     __slots__ = ("model_id", "future", "last_seen")
 
     def __init__(self, model_id: str, future: asyncio.Future, now: float) -> None:
         self.model_id = model_id
-        self.future = future  # resolves to the _Replica chosen
+        self.future = future  # resolves to the _Slot reserved for it
         self.last_seen = now
 
 
@@ -143,14 +154,13 @@ class Router:
         """Route one request, send it, and return its result (or raise the remote error)."""
         if self._watch_task is None:
             self._watch_task = asyncio.get_running_loop().create_task(self._watch())
-        replica = self._place_now(model_id)
-        reserved = replica is None
-        if replica is None:
-            replica = await self._wait_for_replica(model_id)
         payload = _encode_args(args, kwargs) if (args or kwargs) else b""
-        result = await self._send(
-            replica, method, payload, model_id, http, trace_id, reserved=reserved
-        )
+        replica = self._place_now(model_id)
+        if replica is None:
+            slot = await self._wait_for_replica(model_id)
+        else:
+            slot = self._reserve(replica, model_id)
+        result = await self._send(slot, method, payload, http, trace_id)
         return self._decode(result, method)
 
     async def call_replica(self, replica_id: str, method: str, *args: Any) -> Any:
@@ -159,7 +169,7 @@ class Router:
         if replica is None or not replica.routable:
             raise ReplicaDiedError(replica_id, "it is no longer serving")
         payload = _encode_args(args, {}) if args else b""
-        result = await self._send(replica, method, payload, "", None, "", reserved=False)
+        result = await self._send(self._reserve(replica, ""), method, payload, None, "")
         return self._decode(result, method)
 
     async def wait_ready(self, timeout_s: float = 30.0) -> list[str]:
@@ -237,7 +247,7 @@ class Router:
             self._spill.reset(model_id)
         return self._replicas[choice.replica_id]
 
-    async def _wait_for_replica(self, model_id: str) -> _Replica:
+    async def _wait_for_replica(self, model_id: str) -> "_Slot":
         if 0 <= self._max_queued <= len(self._queue):
             raise BackPressureError(str(self.deployment_id), len(self._queue), self._max_queued)
         loop = asyncio.get_running_loop()
@@ -251,7 +261,7 @@ class Router:
         except BaseException:
             future = waiting.future
             if future.done() and not future.cancelled() and future.exception() is None:
-                future.result().ongoing -= 1  # placed, but the caller left: free the slot
+                self._release(future.result())  # placed, but the caller left: free the slot
                 self._drain()
             elif waiting in self._queue:
                 self._queue.remove(waiting)
@@ -278,10 +288,9 @@ class Router:
                 continue
             if choice.reason is Reason.SPILL:
                 self._spill.reset(waiting.model_id)
+            # Reserve now, so the next waiting request sees the slot taken and the load sent.
             replica = self._replicas[choice.replica_id]
-            # Reserve the slot now so the next waiting request sees it taken.
-            replica.ongoing += 1
-            waiting.future.set_result(replica)
+            waiting.future.set_result(self._reserve(replica, waiting.model_id))
         self._queue = still
 
     async def _tick(self) -> None:
@@ -294,26 +303,33 @@ class Router:
 
     # ---- sending -----------------------------------------------------------------------------
 
-    async def _send(
-        self,
-        replica: _Replica,
-        method: str,
-        payload: bytes,
-        model_id: str,
-        http: HTTPRequest | None,
-        trace_id: str,
-        *,
-        reserved: bool,
-    ) -> Result:
-        """Send one call; a slot ``_drain`` reserved for it is already counted in ``ongoing``."""
-        request_id = next(self._ids)
-        call = Call(request_id, method, payload, model_id, http, trace_id)
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        if not reserved:
-            replica.ongoing += 1
-        marks_load = bool(model_id) and model_id not in replica.loaded
-        if marks_load:
+    def _reserve(self, replica: _Replica, model_id: str) -> "_Slot":
+        """Count a request on ``replica`` before it is sent; a model it will load counts as
+        held there from this moment, so no other request loads it elsewhere meanwhile."""
+        replica.ongoing += 1
+        loads = bool(model_id) and model_id not in replica.loaded
+        if loads:
             replica.sent_loads[model_id] = replica.sent_loads.get(model_id, 0) + 1
+        return _Slot(replica, model_id, loads)
+
+    def _release(self, slot: "_Slot") -> None:
+        replica = slot.replica
+        replica.ongoing -= 1
+        if slot.loads:
+            left = replica.sent_loads.get(slot.model_id, 1) - 1
+            if left > 0:
+                replica.sent_loads[slot.model_id] = left
+            else:
+                replica.sent_loads.pop(slot.model_id, None)
+
+    async def _send(
+        self, slot: "_Slot", method: str, payload: bytes, http: HTTPRequest | None, trace_id: str
+    ) -> Result:
+        """Send one call on a reserved slot and wait for its result; the slot ends with it."""
+        replica = slot.replica
+        request_id = next(self._ids)
+        call = Call(request_id, method, payload, slot.model_id, http, trace_id)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
         replica.inflight[request_id] = future
         try:
             if replica.conn is None or replica.dead:
@@ -329,13 +345,7 @@ class Router:
             raise
         finally:
             replica.inflight.pop(request_id, None)
-            replica.ongoing -= 1
-            if marks_load:
-                left = replica.sent_loads.get(model_id, 1) - 1
-                if left > 0:
-                    replica.sent_loads[model_id] = left
-                else:
-                    replica.sent_loads.pop(model_id, None)
+            self._release(slot)
             if not replica.routable and not replica.inflight and replica.conn is not None:
                 replica.conn.close()
             self._drain()
