@@ -18,6 +18,7 @@ from . import _context
 from ._aio import running_loop
 from ._cache import ModelCache
 from ._errors import MissingModelIdError
+from ._eviction import policy_from_name
 from ._model_ids import validate_model_id
 
 logger = logging.getLogger("modelplex.replica")
@@ -73,13 +74,18 @@ def multiplexed(
     max_memory_bytes: int | None = None,
     model_size: Callable[[Any], int] | None = None,
     load_timeout_s: float | None = None,
+    eviction_policy: str = "lru",
 ) -> Any:
     """Cache the models a loader returns, at most ``max_num_models_per_replica`` per replica.
 
     Use bare (``@serve.multiplexed``) or with arguments. The loader takes ``(self, model_id)``
     or ``(model_id)`` and may be async or sync (sync loaders run in a thread).
+    ``max_memory_bytes`` also bounds the cache by the models' measured size (numpy ``nbytes``,
+    torch parameters and buffers, or ``model_size(model)``); ``eviction_policy`` picks what to
+    evict ("lru", the default, or a frequency-aware policy: see docs/multiplexing.md).
     """
     count = _validate_count(max_num_models_per_replica)
+    policy_from_name(eviction_policy)  # an unknown name fails here, at decoration time
     max_bytes = _validate_bytes(max_memory_bytes)
     if model_size is not None and not callable(model_size):
         raise TypeError(f"model_size must be callable, got {model_size!r}")
@@ -120,6 +126,7 @@ def multiplexed(
                 max_bytes=max_bytes,
                 sizer=model_size,
                 load_timeout_s=load_timeout_s,
+                policy=policy_from_name(eviction_policy),
                 logger=logger,
             )
             hook = _context.replica_hooks.on_new_cache

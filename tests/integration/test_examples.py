@@ -77,3 +77,13 @@ def test_readme_example_runs(serve_instance):
     )
     assert resp.status_code == 200, resp.text
     assert resp.json() == {"model": "1", "prediction": 2}
+
+
+def test_multiplexing_doc_example_runs(serve_instance, capsys):
+    text = open(os.path.join(ROOT, "docs", "multiplexing.md")).read()
+    [block] = re.findall(r"```python\n(.*?)```", text, re.S)
+    exec(compile(block, "docs/multiplexing.md", "exec"), {"__name__": "docs"})
+    printed = capsys.readouterr().out
+    assert "en loaded True" in printed and "de loaded False" in printed
+    names = {s.model_id for s in serve.list_models()}
+    assert names == {"en"}

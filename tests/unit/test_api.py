@@ -68,6 +68,7 @@ def test_import_does_not_start_anything():
         ({"max_num_models_per_replica": -2}, ValueError, "got -2"),
         ({"max_num_models_per_replica": True}, TypeError, "True"),
         ({"max_memory_bytes": 0}, ValueError, "max_memory_bytes"),
+        ({"eviction_policy": "fifo"}, ValueError, "fifo"),
     ],
 )
 def test_multiplexed_rejects_bad_counts(kwargs, error, text):
