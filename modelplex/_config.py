@@ -75,10 +75,20 @@ class DeploymentConfig:
 class HTTPOptions:
     """Where the proxy listens and what it accepts."""
 
+    def __repr__(self) -> str:  # never print the token
+        token = "set" if self.management_token else None
+        return f"HTTPOptions(host={self.host!r}, port={self.port!r}, management_token={token})"
+
     host: str = DEFAULT_HTTP_HOST
     port: int = DEFAULT_HTTP_PORT
     request_timeout_s: float | None = None
     max_body_bytes: int = 100 * 1024 * 1024
+    max_header_count: int = 100
+    max_header_bytes: int = 16 * 1024
+    # The /-/models routes change what replicas hold: switch them off, or require
+    # "Authorization: Bearer <token>" for them.
+    management_routes: bool = True
+    management_token: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -88,6 +98,14 @@ class HTTPOptions:
             raise ValueError(f"port must be <= 65535, got {self.port!r}")
         _positive_float("request_timeout_s", self.request_timeout_s, optional=True)
         _int("max_body_bytes", self.max_body_bytes, minimum=1)
+        _int("max_header_count", self.max_header_count, minimum=1)
+        _int("max_header_bytes", self.max_header_bytes, minimum=1)
+        if not isinstance(self.management_routes, bool):
+            raise TypeError(f"management_routes must be a bool, got {self.management_routes!r}")
+        if self.management_token is not None and (
+            not isinstance(self.management_token, str) or not self.management_token
+        ):
+            raise ValueError("management_token must be a non-empty string or None")
 
     @classmethod
     def from_value(cls, value: "HTTPOptions | Mapping[str, Any] | None") -> "HTTPOptions":

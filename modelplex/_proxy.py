@@ -8,6 +8,7 @@ from a client and drops client headers that the internal channel reserves.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import secrets
@@ -67,6 +68,10 @@ class ProxyApp:
             return
         if scope["type"] != "http":
             return  # websockets are not served; uvicorn closes the connection
+        refusal = self._check_headers(scope)
+        if refusal is not None:
+            await _send_text(send, *refusal)
+            return
         path = scope["path"]
         if path.startswith("/-/"):
             await self._management(scope, receive, send)
@@ -83,6 +88,29 @@ class ProxyApp:
         )
         await send({"type": "http.response.body", "body": result.body})
 
+    def _check_headers(self, scope: Scope) -> tuple[int, str] | None:
+        headers = scope.get("headers", ())
+        if len(headers) > self._options.max_header_count:
+            return 431, f"more than {self._options.max_header_count} headers"
+        size = sum(len(name) + len(value) for name, value in headers)
+        if size > self._options.max_header_bytes:
+            return 431, f"headers larger than {self._options.max_header_bytes} bytes"
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self._options.max_body_bytes:
+                    return 413, f"request body is larger than {self._options.max_body_bytes} bytes"
+        return None
+
+    def _management_allowed(self, scope: Scope) -> bool:
+        token = self._options.management_token
+        if token is None:
+            return True
+        expected = f"Bearer {token}".encode()
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                return hmac.compare_digest(value, expected)
+        return False
+
     async def _forward(self, scope: Scope, receive: Receive) -> HTTPResult:
         routes = self._routes()
         prefix = match_route(scope["path"], list(routes))
@@ -96,13 +124,20 @@ class ProxyApp:
         call = self._registry.router(ingress).call(
             "__call__", model_id=model_id, http=request, trace_id=secrets.token_hex(5)
         )
-        timeout = self._options.request_timeout_s
-        if timeout is None:
-            return await call
+        # A client that goes away cancels its request, down to the replica's task.
+        watcher = asyncio.get_running_loop().create_task(
+            _cancel_on_disconnect(receive, asyncio.current_task())
+        )
         try:
-            return await asyncio.wait_for(call, timeout)
-        except asyncio.TimeoutError:
-            raise RequestTimeoutError(timeout) from None
+            timeout = self._options.request_timeout_s
+            if timeout is None:
+                return await call
+            try:
+                return await asyncio.wait_for(call, timeout)
+            except asyncio.TimeoutError:
+                raise RequestTimeoutError(timeout) from None
+        finally:
+            watcher.cancel()
 
     async def _management(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -112,6 +147,12 @@ class ProxyApp:
             routes = {prefix: app for prefix, (app, _) in self._routes().items()}
             await _send_json(send, 200, routes)
         elif path.startswith("/-/models") and self._models is not None:
+            if not self._options.management_routes:
+                await _send_text(send, 404, "model management over HTTP is switched off")
+                return
+            if not self._management_allowed(scope):
+                await _send_text(send, 401, "model management needs 'Authorization: Bearer <token>'")
+                return
             try:
                 result = await self._manage_models(path, method, scope, receive)
             except KeyError as exc:
@@ -156,6 +197,15 @@ class ProxyApp:
         else:
             replicas = await self._models.release(op, model_id, app, deployment)
         return {"replicas": replicas}
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task | None) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if task is not None:
+                task.cancel()
+            return
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -1,0 +1,211 @@
+"""Faults and bad input end in a precise error or a served request, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import socket
+import time
+
+import pytest
+import requests
+
+import modelplex as serve
+
+from ..conftest import free_port, wait_until
+from .models import make_recorder, read_events, record
+
+H = "serve_multiplexed_model_id"
+
+
+@serve.deployment(max_ongoing_requests=4)
+class Slow:
+    def __init__(self, events: str) -> None:
+        self.events = events
+
+    async def __call__(self, request):
+        return await self.wait(float(request.query_params.get("s", "5")))
+
+    async def wait(self, seconds: float) -> int:
+        record(self.events, "started")
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            record(self.events, "cancelled")
+            raise
+        return os.getpid()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_killed_replica_fails_in_flight_requests_fast(serve_instance, tmp_path):
+    events = str(tmp_path / "events")
+    handle = serve.run(Slow.bind(events))
+    pid = handle.pid.remote().result()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(requests.get, serve_instance.url, params={"s": "30"})
+        wait_until(lambda: "started" in read_events(events))
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        resp = slow.result(timeout=20)
+    assert resp.status_code == 503 and "died" in resp.text, resp.text
+    assert resp.headers["retry-after"]
+    assert time.monotonic() - killed_at < 5
+    # The replica is replaced and the deployment serves again.
+    wait_until(lambda: requests.get(serve_instance.url, params={"s": "0"}).status_code == 200,
+               timeout=20)
+    assert handle.pid.remote().result() != pid
+
+
+def test_handle_call_to_a_killed_replica_raises_replica_died(serve_instance, tmp_path):
+    events = str(tmp_path / "events")
+    handle = serve.run(Slow.bind(events))
+    pid = handle.pid.remote().result()
+    response = handle.wait.remote(30)
+    wait_until(lambda: "started" in read_events(events))
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(serve.ReplicaDiedError, match=r"default_Slow#"):
+        response.result(timeout_s=10)
+
+
+def test_request_timeout_gives_504(tmp_path):
+    port = free_port()
+    serve.start(http_options={"port": port, "request_timeout_s": 0.5})
+    try:
+        serve.run(Slow.bind(str(tmp_path / "events")))
+        resp = requests.get(f"http://127.0.0.1:{port}/", params={"s": "10"})
+        assert resp.status_code == 504 and "0.5" in resp.text
+        wait_until(lambda: "cancelled" in read_events(str(tmp_path / "events")))
+    finally:
+        serve.shutdown()
+
+
+def test_client_disconnect_cancels_the_replica_task(serve_instance, tmp_path):
+    events = str(tmp_path / "events")
+    serve.run(Slow.bind(events))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.get(serve_instance.url, params={"s": "30"}, timeout=0.5)
+    wait_until(lambda: "cancelled" in read_events(events), message="work went on after disconnect")
+
+
+def test_cancelled_handle_call_cancels_the_replica_task(serve_instance, tmp_path):
+    events = str(tmp_path / "events")
+    handle = serve.run(Slow.bind(events))
+    response = handle.wait.remote(30)
+    wait_until(lambda: "started" in read_events(events))
+    response.cancel()
+    wait_until(lambda: "cancelled" in read_events(events))
+
+
+def test_queue_limit_gives_503_with_retry_after(serve_instance, tmp_path):
+    events = str(tmp_path / "events")
+    handle = serve.run(Slow.options(max_ongoing_requests=1, max_queued_requests=1).bind(events))
+    busy = handle.wait.remote(3)
+    queued = handle.wait.remote(0)
+    wait_until(lambda: "started" in read_events(events))
+    resp = requests.get(serve_instance.url, params={"s": "0"})
+    assert resp.status_code == 503 and resp.headers["retry-after"]
+    assert "max_queued_requests" in resp.text
+    with pytest.raises(serve.BackPressureError) as info:
+        handle.wait.remote(0).result()
+    assert (info.value.queued, info.value.limit) == (1, 1)
+    assert isinstance(busy.result(), int) and isinstance(queued.result(), int)
+
+
+@serve.deployment
+class SlowLoader:
+    @serve.multiplexed(max_num_models_per_replica=2, load_timeout_s=0.3)
+    async def get_model(self, model_id: str) -> str:
+        if model_id == "hang":
+            await asyncio.sleep(60)
+        return model_id
+
+    async def __call__(self, request):
+        return await self.get_model(serve.get_multiplexed_model_id())
+
+
+def test_hanging_loader_times_out_naming_the_model(serve_instance):
+    serve.run(SlowLoader.bind())
+    assert requests.get(serve_instance.url, headers={H: "ok"}).text == "ok"
+    resp = requests.get(serve_instance.url, headers={H: "hang"})
+    assert resp.status_code == 504 and "'hang'" in resp.text
+    assert requests.get(serve_instance.url, headers={H: "ok"}).text == "ok"
+
+
+def test_bad_model_ids_get_400_before_user_code(serve_instance, tmp_path):
+    events = str(tmp_path / "events")
+    serve.run(make_recorder().bind(events))
+    resp = requests.get(serve_instance.url, headers={H: "x" * 300})
+    assert resp.status_code == 400 and "256 bytes" in resp.text
+    with socket.create_connection(("127.0.0.1", serve_instance.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + H.encode() + b": \xff\xfe\r\n\r\n")
+        assert b" 400 " in sock.recv(4096).split(b"\r\n")[0] + b" "
+    assert read_events(events) == []  # no loader ran
+
+
+def test_oversized_headers_and_bodies(tmp_path):
+    port = free_port()
+    serve.start(http_options={"port": port, "max_body_bytes": 1000, "max_header_count": 20})
+    try:
+        serve.run(make_recorder().bind(str(tmp_path / "events")))
+        url = f"http://127.0.0.1:{port}/"
+        headers = {f"x-h{i}": "v" for i in range(30)}
+        assert requests.get(url, headers=headers).status_code == 431
+        assert requests.get(url, headers={"x-big": "v" * 20000}).status_code == 431
+        assert requests.post(url, data=b"x" * 5000, headers={H: "1"}).status_code == 413
+        assert requests.get(url, headers={H: "1"}).status_code == 200
+    finally:
+        serve.shutdown()
+
+
+def test_management_routes_token_and_switch(tmp_path):
+    port = free_port()
+    serve.start(http_options={"port": port, "management_token": "s3cret"})
+    try:
+        serve.run(make_recorder().bind(str(tmp_path / "events")))
+        url = f"http://127.0.0.1:{port}/-/models"
+        assert requests.get(url).status_code == 401
+        assert requests.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert requests.get(url, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    finally:
+        serve.shutdown()
+    serve.start(http_options={"port": port, "management_routes": False})
+    try:
+        serve.run(make_recorder().bind(str(tmp_path / "events")))
+        assert requests.get(f"http://127.0.0.1:{port}/-/models").status_code == 404
+    finally:
+        serve.shutdown()
+
+
+def test_unauthenticated_pickle_to_a_replica_port_is_refused(serve_instance, tmp_path):
+    from modelplex._runtime import current_runtime
+
+    flag = tmp_path / "pwned"
+    handle = serve.run(Slow.bind(str(tmp_path / "events")))
+    handle.pid.remote().result()
+    routers = current_runtime().registry._routers  # where the proxy's router connected
+    [router] = routers.values()
+    [replica] = router._replicas.values()
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(flag), "w"))
+
+    import pickle
+    import struct
+
+    payload = pickle.dumps(Evil())
+    with socket.create_connection(tuple(replica.info.address)) as sock:
+        sock.settimeout(5)
+        sock.sendall(struct.pack(">Q", len(payload)) + payload + b"\x00" * 64)
+        data = b""
+        try:
+            while chunk := sock.recv(4096):
+                data += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    assert not flag.exists()
+    assert handle.pid.remote().result()  # the replica still serves
