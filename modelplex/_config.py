@@ -45,6 +45,7 @@ class DeploymentConfig:
     max_ongoing_requests: int = 5
     max_queued_requests: int = -1
     graceful_shutdown_timeout_s: float = 20.0
+    health_check_period_s: float = 5.0
     health_check_timeout_s: float = 30.0
     max_replicas_per_model: int | None = None
     ray_actor_options: Mapping[str, Any] | None = None
@@ -58,6 +59,7 @@ class DeploymentConfig:
         _int("max_ongoing_requests", self.max_ongoing_requests, minimum=1)
         _int("max_queued_requests", self.max_queued_requests, minimum=0, allow_minus_one=True)
         _positive_float("graceful_shutdown_timeout_s", self.graceful_shutdown_timeout_s)
+        _positive_float("health_check_period_s", self.health_check_period_s)
         _positive_float("health_check_timeout_s", self.health_check_timeout_s)
         if self.max_replicas_per_model is not None:
             _int("max_replicas_per_model", self.max_replicas_per_model, minimum=1)

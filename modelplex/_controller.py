@@ -21,6 +21,8 @@ from ._config import DeploymentConfig
 from ._errors import DeploymentFailedError
 from ._messages import (
     DeploymentID,
+    Ping,
+    Pong,
     ReplicaInfo,
     ReplicaReady,
     ReplicaSet,
@@ -55,6 +57,7 @@ class _Replica:
     control: Connection | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
+    pong: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -257,6 +260,7 @@ class Controller:
         finally:
             self._starting.pop(replica_id, None)
         deployment.failures = 0
+        self._spawn(self._health_check(deployment, replica))
         return replica
 
     async def _monitor(self, deployment: _Deployment, replica: _Replica) -> None:
@@ -348,8 +352,38 @@ class Controller:
         replica.control = conn
         if not replica.ready.done():
             replica.ready.set_result(None)
-        # Keep the channel open: StopReplica goes out on it, ReplicaStopped comes back.
+        # Keep the channel open: StopReplica and Ping go out on it; answers come back.
         while True:
             message = await conn.recv()
-            if isinstance(message, ReplicaStopped):
+            if isinstance(message, Pong):
+                replica.pong.set()
+            elif isinstance(message, ReplicaStopped):
+                return
+
+    async def _health_check(self, deployment: _Deployment, replica: _Replica) -> None:
+        """Ping the replica's control loop; one that stops answering is killed and replaced.
+
+        User code runs on another loop, so a slow model load never fails this check; only a
+        wedged process (stopped, deadlocked, a C call holding the GIL) does."""
+        config = deployment.spec.config
+        seq = 0
+        while not replica.stopping and not replica.stopped.is_set():
+            await asyncio.sleep(config.health_check_period_s)
+            if replica.stopping or replica.control is None or replica.control.closed:
+                return
+            seq += 1
+            replica.pong.clear()
+            try:
+                replica.control.send_nowait(Ping(seq))
+                await asyncio.wait_for(replica.pong.wait(), config.health_check_timeout_s)
+            except asyncio.TimeoutError:
+                if replica.stopping:
+                    return
+                logger.error(
+                    "Replica %s did not answer a health check within %.1fs; killing it.",
+                    replica.replica_id, config.health_check_timeout_s,
+                )
+                replica.process.kill()
+                return
+            except (ConnectionClosed, OSError):
                 return

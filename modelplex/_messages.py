@@ -105,6 +105,16 @@ class ReplicaStopped:
 
 
 @dataclass(frozen=True)
+class Ping:
+    seq: int
+
+
+@dataclass(frozen=True)
+class Pong:
+    seq: int
+
+
+@dataclass(frozen=True)
 class ReplicaInfo:
     replica_id: str
     address: tuple[str, int]

@@ -36,6 +36,8 @@ from ._messages import (
     Cancel,
     DeploymentID,
     ModelsUpdate,
+    Ping,
+    Pong,
     ReplicaReady,
     ReplicaSet,
     ReplicaStartFailed,
@@ -122,7 +124,9 @@ class Replica:
         try:
             while True:
                 message = await control.recv()
-                if isinstance(message, StopReplica):
+                if isinstance(message, Ping):
+                    control.send_nowait(Pong(message.seq))
+                elif isinstance(message, StopReplica):
                     await self._stop(message.timeout_s)
                     await server.close()
                     await control.send(ReplicaStopped(self.replica_id))

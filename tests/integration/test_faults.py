@@ -209,3 +209,21 @@ def test_unauthenticated_pickle_to_a_replica_port_is_refused(serve_instance, tmp
             pass
     assert not flag.exists()
     assert handle.pid.remote().result()  # the replica still serves
+
+
+def test_wedged_replica_fails_its_health_check_and_is_replaced(serve_instance, tmp_path):
+    events = str(tmp_path / "events")
+    handle = serve.run(
+        Slow.options(health_check_period_s=0.2, health_check_timeout_s=1.0).bind(events)
+    )
+    pid = handle.pid.remote().result()
+    os.kill(pid, signal.SIGSTOP)  # alive, but answers nothing
+
+    def replaced():
+        try:
+            return handle.pid.remote().result(timeout_s=3) != pid
+        except Exception:
+            return False
+
+    wait_until(replaced, timeout=20, message="the stopped replica was never replaced")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z")
