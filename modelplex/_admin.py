@@ -1,8 +1,8 @@
 """Model management inside a replica: list, preload, pin, unload, resize.
 
 Routers reach these through ordinary calls to reserved method names, so management needs no
-second channel and works wherever the data plane does. Preloading calls the deployment's own
-multiplexed loader (found by its marker), which also creates the cache if no request has yet.
+second channel and works wherever the data plane does. Preloading goes through the cache of the
+deployment's own multiplexed loader (found by its marker), created if no request has yet.
 """
 
 from __future__ import annotations
@@ -90,11 +90,13 @@ class Admin:
         return out
 
     async def preload(self, model_id: str) -> bool:
-        loaders = self._loaders()
-        if not loaders:
+        """Load through the cache, admitted whatever an admission policy would say."""
+        caches = self._loader_caches()
+        if not caches:
             raise TypeError("this deployment has no @serve.multiplexed loader to preload with")
-        for loader in loaders:
-            await loader(model_id)
+        for cache in caches:
+            cache.admit(model_id)
+            await cache.get(model_id)
         return True
 
     def configure(self, max_models: Any, max_bytes: Any) -> None:
@@ -116,10 +118,12 @@ class Admin:
     def _caches_holding(self, model_id: str) -> list[ModelCache]:
         return [cache for cache in self._caches if model_id in cache]
 
-    def _loaders(self) -> list[Any]:
+    def _loader_caches(self) -> list[ModelCache]:
+        """The cache of each multiplexed loader of the deployment, created if need be."""
         cls = type(self._instance)
+        loaders = [getattr(cls, name, None) for name in dir(cls)]
         return [
-            getattr(self._instance, name)
-            for name in dir(cls)
-            if getattr(getattr(cls, name, None), "_modelplex_multiplexed", False)
+            loader._modelplex_cache_for(self._instance)
+            for loader in loaders
+            if getattr(loader, "_modelplex_multiplexed", False)
         ]

@@ -10,6 +10,9 @@ Rules that keep a replica correct under concurrent requests:
 * Eviction runs only after a load succeeds, so a failed load costs the cache nothing. Loads
   in flight do not count toward ``max_models``: while they run, the cache can briefly hold
   more models than its limit.
+* With an admission policy (``policy.admission``, e.g. ``TinyLFUPolicy``) a newly loaded
+  model may be refused: it is evicted at once, still served to the requests that loaded it,
+  and unloaded when they release it, exactly like any evicted model that is in use.
 * Unloading a model runs its ``__del__`` exactly once (awaited if async, else in a thread),
   then disarms it so the garbage collector does not run it a second time: the instance's
   class becomes a subclass whose ``__del__`` does nothing (``isinstance`` still holds).
@@ -31,7 +34,7 @@ from typing import Any, Awaitable, Callable, cast
 
 from ._aio import running_loop
 from ._errors import ModelLoadTimeoutError, ModelTooLargeError
-from ._eviction import EntryView, EvictionPolicy, LRUPolicy, default_model_size
+from ._eviction import AdmissionPolicy, EntryView, EvictionPolicy, LRUPolicy, default_model_size
 
 __all__ = ["ModelCache", "ModelInfo", "ModelsSnapshot"]
 
@@ -149,6 +152,12 @@ class ModelCache:
         self._max_models = _check_max_models(max_models)
         self._max_bytes = _check_max_bytes(max_bytes)
         self._policy: EvictionPolicy = policy if policy is not None else LRUPolicy()
+        # Optional policy hooks (see ``_eviction``), looked up once.
+        self._record_access: Callable[[str, float], None] | None = getattr(
+            self._policy, "record_access", None
+        )
+        self._admission = bool(getattr(self._policy, "admission", False))
+        self._forced: set[str] = set()  # ids to keep on their next load whatever the policy
         self._sizer: Sizer = sizer if sizer is not None else default_model_size
         self._load_timeout_s = _check_timeout(load_timeout_s)
         self._clock = clock
@@ -215,6 +224,8 @@ class ModelCache:
         if self._closed:
             raise RuntimeError(f"the model cache is closed; cannot acquire model '{model_id}'")
         self._loop = asyncio.get_running_loop()
+        if self._record_access is not None:
+            self._record_access(model_id, self._clock())
         entry = self._loaded.get(model_id)
         if entry is not None:
             self._touch(entry)
@@ -290,7 +301,7 @@ class ModelCache:
         entry.last_used = self._clock()
         entry.hits += 1
         self._logger.debug("Model '%s' was evicted but still in use; keeping it.", entry.model_id)
-        self._enforce(protect=frozenset((entry.model_id,)))
+        self._enforce_with(entry.model_id)
         self._notify()
 
     # ---- loading -------------------------------------------------------------------------
@@ -393,7 +404,7 @@ class ModelCache:
         entry.last_used = self._clock()
         entry.state = _LOADED
         self._loaded[entry.model_id] = entry
-        self._enforce(protect=frozenset((entry.model_id,)))
+        self._enforce_with(entry.model_id)
         self._notify()
 
     # ---- eviction ------------------------------------------------------------------------
@@ -403,19 +414,49 @@ class ModelCache:
             return True
         return self._max_bytes is not None and self.total_bytes > self._max_bytes
 
-    def _enforce(self, protect: frozenset[str] = frozenset()) -> None:
+    def admit(self, model_id: str) -> None:
+        """Keep ``model_id`` when it next loads, even if an admission policy would refuse it:
+        a model an operator preloads or pins is wanted whatever its request count says."""
+        self._forced.add(model_id)
+        entry = self._draining.get(model_id)
+        if entry is not None:
+            entry.refs += 1  # resurrect it under protection, then let it go again
+            self._resurrect(entry)
+            self._drop(entry)
+
+    def _enforce_with(self, model_id: str) -> None:
+        """Enforce the limits after ``model_id`` was (re)added: protected from eviction, or
+        offered to an admission policy as a candidate like the others."""
+        if model_id in self._forced:
+            self._forced.discard(model_id)
+            self._enforce(protect=frozenset((model_id,)))
+        elif self._admission:
+            self._enforce(new=model_id)
+        else:
+            self._enforce(protect=frozenset((model_id,)))
+
+    def _enforce(self, protect: frozenset[str] = frozenset(), new: str | None = None) -> None:
         """Evict until the limits hold; the caller calls ``_notify``."""
         if not self._over_limits():
             return
-        victims = self._policy.victims(
-            [e.view() for e in self._loaded.values()],
-            max_models=self._max_models,
-            max_bytes=self._max_bytes,
-            protect=protect,
-        )
+        views = [e.view() for e in self._loaded.values()]
+        if new is None:
+            victims = self._policy.victims(
+                views, max_models=self._max_models, max_bytes=self._max_bytes, protect=protect
+            )
+        else:
+            victims = cast(AdmissionPolicy, self._policy).victims(
+                views, max_models=self._max_models, max_bytes=self._max_bytes, protect=protect,
+                new=new,
+            )
         for model_id in victims:
             entry = self._loaded.get(model_id)
             if entry is not None and not entry.pinned and model_id not in protect:
+                if model_id == new:
+                    self._logger.info(
+                        "Model '%s' is requested less often than the models cached; not "
+                        "keeping it after its requests (%d in use).", model_id, entry.refs,
+                    )
                 self._evict(entry)
         if self._over_limits():
             self._logger.warning(

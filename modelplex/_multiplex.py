@@ -175,6 +175,7 @@ def multiplexed(
             return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
         wrapper._modelplex_multiplexed = True  # type: ignore[attr-defined]
+        wrapper._modelplex_cache_for = cache_for  # type: ignore[attr-defined]
         return wrapper
 
     if func is not None:

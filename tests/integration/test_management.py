@@ -167,3 +167,23 @@ def test_two_routers_load_a_cold_model_once(serve_instance, tmp_path):
     assert [r.status_code for r in direct] == [200] * 20
     assert read_events(events) == ["load cold"]
     assert len({r.json()["pid"] for r in direct} | set(fan.result().json())) == 1
+
+
+@serve.deployment
+class Frequent:
+    @serve.multiplexed(max_num_models_per_replica=1, eviction_policy="tinylfu")
+    async def get_model(self, model_id: str) -> str:
+        return model_id
+
+    async def __call__(self, request):
+        return await self.get_model(serve.get_multiplexed_model_id())
+
+
+def test_tinylfu_keeps_the_hot_model_and_pins_override_it(serve_instance):
+    serve.run(Frequent.bind())
+    for _ in range(5):
+        assert requests.get(serve_instance.url, headers={H: "hot"}).text == "hot"
+    assert requests.get(serve_instance.url, headers={H: "once"}).text == "once"  # served...
+    assert set(loaded()) == {"hot"}  # ...but not kept in place of the hot model
+    serve.pin_model("once")  # an operator's choice beats the request counts
+    assert {(s.model_id, s.pinned) for s in serve.list_models()} == {("once", True)}

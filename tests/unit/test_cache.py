@@ -13,7 +13,7 @@ import pytest
 
 from modelplex._cache import ModelCache, ModelInfo, ModelsSnapshot
 from modelplex._errors import ModelLoadTimeoutError, ModelTooLargeError
-from modelplex._eviction import LRUPolicy
+from modelplex._eviction import LRUPolicy, TinyLFUPolicy
 
 LOGGER = "test.modelplex.cache"
 
@@ -910,3 +910,133 @@ def test_valid_limits():
 def test_loader_must_be_callable():
     with pytest.raises(TypeError, match="loader"):
         ModelCache("not a loader")  # type: ignore[arg-type]
+
+
+# ---- admission policy (TinyLFU) ---------------------------------------------------------------
+
+
+async def warm(cache, *ids):
+    for model_id in ids:
+        await cache.get(model_id)
+
+
+async def test_tinylfu_keeps_the_hot_set_and_serves_then_unloads_a_one_hit_wonder(make):
+    changes = []
+    cache, loader = make(max_models=2, policy=TinyLFUPolicy(), clock=Clock())
+    await warm(cache, *"ababab")
+    cache.on_change = lambda: changes.append((cache.loaded_ids(), cache.snapshot().loading))
+    model, release = await cache.acquire("wonder")
+    assert model.model_id == "wonder"  # served to the request that loaded it
+    assert set(cache.loaded_ids()) == {"a", "b"}  # the hot set stays
+    assert "wonder" not in cache
+    await cache.wait_for_unloads()
+    assert not any(e.startswith("del") for e in loader.events)  # nothing unloaded under it
+    release()
+    await cache.wait_for_unloads()
+    assert [e for e in loader.events if e.startswith("del")] == ["del wonder"]
+    assert changes == [(("a", "b"), ("wonder",)), (("a", "b"), ())]  # never shown loaded
+    await warm(cache, "a", "b")
+    assert loader.calls == ["a", "b", "wonder"]  # no reloads of the hot set
+
+
+async def test_tinylfu_refused_model_with_no_request_left_unloads_at_once(make):
+    cache, loader = make(max_models=1, policy=TinyLFUPolicy())
+    await warm(cache, *"aaa")
+    await cache.get("b")
+    await cache.wait_for_unloads()
+    assert cache.loaded_ids() == ("a",)
+    assert loader.events[-1] == "del b"
+
+
+async def test_tinylfu_admits_a_newcomer_once_it_is_requested_often_enough(make):
+    cache, loader = make(max_models=2, policy=TinyLFUPolicy(), clock=Clock())
+    await warm(cache, *"aaabbbb")
+    for _ in range(3):
+        await cache.get("c")  # refused while rarer than a
+        await cache.wait_for_unloads()
+    assert loader.calls == ["a", "b", "c", "c", "c"]
+    assert set(cache.loaded_ids()) == {"b", "c"}  # c displaced a once as frequent (3)
+    await cache.wait_for_unloads()
+    assert loader.events.count("del a") == 1 and loader.events.count("del c") == 2
+
+
+async def test_tinylfu_shared_load_of_a_refused_model_serves_every_waiter(make):
+    cache, loader = make(max_models=1, policy=TinyLFUPolicy())
+    await warm(cache, *"aaaa")
+    gate = loader.gate("n")
+    tasks = [spawn(cache.acquire("n")) for _ in range(2)]
+    await wait_started(loader, "n")
+    gate.set()
+    (first, release_first), (second, release_second) = await asyncio.gather(*tasks)
+    assert first is second and first.model_id == "n"
+    assert cache.loaded_ids() == ("a",)
+    release_first()
+    await cache.wait_for_unloads()
+    assert "del n" not in loader.events
+    release_second()
+    await cache.wait_for_unloads()
+    assert loader.events.count("del n") == 1
+
+
+async def test_tinylfu_refused_model_asked_again_while_in_use_is_not_reloaded(make):
+    cache, loader = make(max_models=1, policy=TinyLFUPolicy())
+    await warm(cache, *"aaa")
+    model, release = await cache.acquire("n")  # refused: draining under its request
+    for _ in range(3):
+        again, release_again = await cache.acquire("n")  # resurrected, counted again
+        assert again is model
+        release_again()
+    assert loader.calls == ["a", "n"]
+    assert cache.loaded_ids() == ("n",)  # n (4) now outranks a (3)
+    release()
+    await cache.wait_for_unloads()
+    assert "del n" not in loader.events and "del a" in loader.events
+
+
+async def test_every_acquire_reaches_record_access(make):
+    seen = []
+
+    class Recording(TinyLFUPolicy):
+        def record_access(self, model_id, now):
+            seen.append((model_id, now))
+            super().record_access(model_id, now)
+
+    clock = Clock()
+    cache, loader = make(max_models=1, policy=Recording(), clock=clock)
+    gate = loader.gate("a")
+    waiters = [spawn(cache.get("a")) for _ in range(2)]  # miss, then join the load
+    await wait_started(loader, "a")
+    gate.set()
+    await asyncio.gather(*waiters)
+    await cache.get("a")  # hit
+    assert [m for m, _ in seen] == ["a", "a", "a"]
+    assert [now for _, now in seen] == sorted(now for _, now in seen)  # the injected clock
+
+
+async def test_lru_policy_calls_are_unchanged(make):
+    seen = []
+
+    class Recording(LRUPolicy):
+        def victims(self, entries, **kwargs):
+            seen.append(kwargs)
+            return super().victims(entries, **kwargs)
+
+    cache, _ = make(max_models=1, policy=Recording())
+    await warm(cache, "a", "b")
+    assert seen == [{"max_models": 1, "max_bytes": None, "protect": frozenset({"b"})}]
+
+
+async def test_admit_keeps_a_model_an_admission_policy_would_refuse():
+    from modelplex._eviction import TinyLFUPolicy
+
+    async def load(model_id):
+        return model_id
+
+    cache = ModelCache(load, max_models=1, policy=TinyLFUPolicy())
+    for _ in range(5):
+        await cache.get("hot")
+    await cache.get("cold")  # requested once: refused, "hot" stays
+    assert cache.loaded_ids() == ("hot",)
+    cache.admit("cold")
+    await cache.get("cold")
+    assert cache.loaded_ids() == ("cold",)

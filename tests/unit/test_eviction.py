@@ -11,6 +11,7 @@ from modelplex._eviction import (
     EntryView,
     EvictionPolicy,
     LRUPolicy,
+    TinyLFUPolicy,
     default_model_size,
     policy_from_name,
 )
@@ -233,3 +234,159 @@ def test_parameters_without_buffers_is_not_a_module():
             return iter([FakeTensor(1, 4)])
 
     assert default_model_size(OnlyParameters()) is None
+
+
+# ---- TinyLFU ----------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+def feed(policy, clock, *ids):
+    for model_id in ids:
+        policy.record_access(model_id, clock())
+
+
+def lfu_victims(policy, entries, max_models=-1, max_bytes=None, protect=frozenset(), new=None):
+    return policy.victims(
+        entries, max_models=max_models, max_bytes=max_bytes, protect=protect, new=new
+    )
+
+
+def test_tinylfu_by_name():
+    policy = policy_from_name("tinylfu")
+    assert isinstance(policy, TinyLFUPolicy)
+    assert policy.name == "tinylfu" and policy.admission is True
+    assert policy_from_name("tinylfu") is not policy
+    assert "'tinylfu'" in str(pytest.raises(ValueError, policy_from_name, "nope").value)
+
+
+def test_tinylfu_counts_ids_that_are_not_cached():
+    policy, clock = TinyLFUPolicy(), FakeClock()
+    feed(policy, clock, "a", "b", "a", "z")
+    assert [policy.frequency(m) for m in "abzq"] == [2, 1, 1, 0]
+
+
+def test_tinylfu_evicts_least_frequent_then_least_recent():
+    policy, clock = TinyLFUPolicy(), FakeClock()
+    feed(policy, clock, "a", "a", "a", "b", "c", "d", "d")
+    entries = [ev("a", 1), ev("c", 2), ev("b", 3), ev("d", 4)]
+    assert lfu_victims(policy, entries, max_models=3) == ["c"]  # b, c tie at 1: c older
+    assert lfu_victims(policy, entries, max_models=1) == ["c", "b", "d"]
+
+
+def test_admission_refuses_a_newcomer_rarer_than_every_cached_model():
+    policy, clock = TinyLFUPolicy(), FakeClock()
+    feed(policy, clock, *"aaabbb", "wonder")
+    entries = [ev("a", 1), ev("b", 2), ev("wonder", 3)]
+    assert lfu_victims(policy, entries, max_models=2, new="wonder") == ["wonder"]
+
+
+def test_admission_lets_a_frequent_newcomer_displace_the_rarest():
+    policy, clock = TinyLFUPolicy(), FakeClock()
+    feed(policy, clock, *"aaab", "c", "c")
+    entries = [ev("a", 1), ev("b", 2), ev("c", 3)]
+    assert lfu_victims(policy, entries, max_models=2, new="c") == ["b"]
+
+
+def test_admission_ties_go_to_the_newcomer():
+    policy, clock = TinyLFUPolicy(), FakeClock()
+    feed(policy, clock, "a", "b", "c")
+    entries = [ev("a", 1), ev("b", 2), ev("c", 3)]
+    # Equally cold models: behaves like LRU.
+    assert lfu_victims(policy, entries, max_models=2, new="c") == ["a"]
+    # Even with the newcomer's timestamp no newer than the rest.
+    assert lfu_victims(policy, [ev("c", 1), ev("a", 1)], max_models=1, new="c") == ["a"]
+
+
+def test_tinylfu_never_returns_pinned_or_protected():
+    policy, clock = TinyLFUPolicy(), FakeClock()
+    feed(policy, clock, *"aaabbbcc", "n")
+    entries = [ev("a", 1), ev("b", 2, pinned=True), ev("c", 3), ev("n", 4)]
+    assert lfu_victims(policy, entries, max_models=2, protect=frozenset({"n"})) == ["c", "a"]
+    assert lfu_victims(policy, entries, max_models=3, new="n") == ["n"]
+
+
+def test_tinylfu_byte_budget_skips_entries_that_free_nothing():
+    policy, clock = TinyLFUPolicy(), FakeClock()
+    feed(policy, clock, "a", *"bb", *"ccc")
+    entries = [ev("a", 1, None), ev("b", 2, 50), ev("c", 3, 60)]
+    assert lfu_victims(policy, entries, max_bytes=100) == ["b"]
+
+
+def test_aging_halves_counts_and_forgets_one_offs():
+    policy, clock = TinyLFUPolicy(sample_size=8), FakeClock()
+    feed(policy, clock, *"aaaaa", "b", "c")
+    assert [policy.frequency(m) for m in "abc"] == [5, 1, 1]
+    feed(policy, clock, "b")  # the 8th access: halve
+    assert [policy.frequency(m) for m in "abc"] == [2, 1, 0]
+    assert policy.tracked_ids == 2
+
+
+def test_aging_follows_shifting_popularity():
+    entries = [ev("a", 1), ev("b", 2), ev("x", 3)]
+    policy, clock = TinyLFUPolicy(sample_size=10), FakeClock()
+    feed(policy, clock, *"a" * 10)  # a was hot (halved: 5)...
+    feed(policy, clock, *"b" * 10)  # ...then b (halved: a 2, b 5)...
+    feed(policy, clock, *"xxx")  # ...now x
+    assert [policy.frequency(m) for m in "abx"] == [2, 5, 3]
+    assert lfu_victims(policy, entries, max_models=2, new="x") == ["a"]
+    # Without aging, a's old popularity would keep x out.
+    stale, clock = TinyLFUPolicy(sample_size=1000), FakeClock()
+    feed(stale, clock, *"a" * 10, *"b" * 10, *"xxx")
+    assert lfu_victims(stale, entries, max_models=2, new="x") == ["x"]
+
+
+def test_aging_keeps_memory_bounded():
+    policy, clock = TinyLFUPolicy(sample_size=50), FakeClock()
+    feed(policy, clock, *(f"one-off-{i}" for i in range(1000)))
+    assert policy.tracked_ids <= 100
+
+
+def test_default_sample_size_follows_the_cache_limit():
+    policy = TinyLFUPolicy()
+    assert policy.sample_size == TinyLFUPolicy.INITIAL_SAMPLE_SIZE
+    lfu_victims(policy, [ev("a", 1), ev("b", 2), ev("c", 3)], max_models=2)
+    assert policy.sample_size == 2 * TinyLFUPolicy.PER_SLOT
+    # Only a byte budget: the number of models kept.
+    lfu_victims(policy, [ev("a", 1, 50), ev("b", 2, 50), ev("c", 3, 50)], max_bytes=100)
+    assert policy.sample_size == 2 * TinyLFUPolicy.PER_SLOT
+    assert TinyLFUPolicy(sample_size=7).sample_size == 7
+
+
+def test_window_protects_the_most_recent_models():
+    policy, clock = TinyLFUPolicy(window=1), FakeClock()
+    feed(policy, clock, *"aaabb", "n")
+    entries = [ev("a", 1), ev("b", 2), ev("n", 3)]
+    assert lfu_victims(policy, entries, max_models=2, new="n") == ["b"]
+
+
+def test_tinylfu_is_deterministic():
+    def run():
+        policy, clock = TinyLFUPolicy(sample_size=5), FakeClock()
+        feed(policy, clock, *"abcabcaabdd")  # halved twice: a 1, b 1, c 0, d 1
+        return lfu_victims(policy, [ev(m, i) for i, m in enumerate("abcd")], max_models=1)
+
+    assert run() == run() == ["c", "a", "b"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"sample_size": 0}, "0"),
+        ({"sample_size": True}, "True"),
+        ({"sample_size": 2.5}, "2.5"),
+        ({"window": -1}, "-1"),
+        ({"window": "1"}, "'1'"),
+    ],
+)
+def test_tinylfu_validation_names_the_value(kwargs, needle):
+    with pytest.raises(ValueError) as info:
+        TinyLFUPolicy(**kwargs)
+    assert next(iter(kwargs)) in str(info.value) and needle in str(info.value)

@@ -1,0 +1,1 @@
+"""Benchmarks and simulations; run each with ``python -m bench.<name>``."""
