@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, cast
 
 from ._aio import running_loop
-from ._errors import ModelLoadTimeoutError, ModelTooLargeError
+from ._errors import ModelLoadBackoffError, ModelLoadTimeoutError, ModelTooLargeError
 from ._eviction import AdmissionPolicy, EntryView, EvictionPolicy, LRUPolicy, default_model_size
 
 __all__ = ["ModelCache", "ModelInfo", "ModelsSnapshot"]
@@ -130,6 +130,37 @@ def _retrieve(task: asyncio.Future) -> None:
         task.exception()
 
 
+class LoadFailures:
+    """Back off from a model whose loader keeps failing, as ModelMesh expires load failures.
+
+    The first failure is retried by the next request at once (a passing fault should cost one
+    request); from the second failure in a row, requests in the backoff window fail at once
+    with ``ModelLoadBackoffError`` instead of calling the loader again: 0.5 s, doubling up to
+    30 s. A success forgets the history."""
+
+    FIRST_S = 0.5
+    MAX_S = 30.0
+
+    def __init__(self) -> None:
+        self._state: dict[str, tuple[int, float, BaseException]] = {}
+
+    def record(self, model_id: str, exc: BaseException, now: float) -> None:
+        count = self._state.get(model_id, (0, 0.0, exc))[0] + 1
+        delay = 0.0 if count < 2 else min(self.MAX_S, self.FIRST_S * 2 ** (count - 2))
+        self._state[model_id] = (count, now + delay, exc)
+        if len(self._state) > 10_000:  # bounded: forget the oldest
+            self._state.pop(next(iter(self._state)))
+
+    def check(self, model_id: str, now: float) -> None:
+        state = self._state.get(model_id)
+        if state is not None and now < state[1]:
+            count, until, exc = state
+            raise ModelLoadBackoffError(model_id, count, until - now, exc)
+
+    def clear(self, model_id: str) -> None:
+        self._state.pop(model_id, None)
+
+
 class ModelCache:
     """Models returned by ``loader``, at most ``max_models`` and ``max_bytes`` of them."""
 
@@ -157,6 +188,7 @@ class ModelCache:
             self._policy, "record_access", None
         )
         self._admission = bool(getattr(self._policy, "admission", False))
+        self._failures = LoadFailures()
         self._forced: set[str] = set()  # ids to keep on their next load whatever the policy
         self._sizer: Sizer = sizer if sizer is not None else default_model_size
         self._load_timeout_s = _check_timeout(load_timeout_s)
@@ -237,6 +269,7 @@ class ModelCache:
             return entry.model, release
         entry = self._loading.get(model_id)
         if entry is None:
+            self._failures.check(model_id, self._clock())
             entry = self._start_load(model_id)
         entry.hits += 1
         release = self._hold(entry)
@@ -322,14 +355,16 @@ class ModelCache:
         start = self._clock()
         try:
             model = await self._call_loader(model_id)
-        except Exception:
+        except Exception as exc:
             self._logger.exception("Failed to load model '%s'.", model_id)
+            self._failures.record(model_id, exc, self._clock())
             self._forget_loading(entry)
             raise
         except BaseException:  # cancelled by close()
             self._forget_loading(entry)
             raise
         load_s = self._clock() - start
+        self._failures.clear(model_id)
         self._logger.info("Successfully loaded model '%s' in %.1fms.", model_id, load_s * 1000)
         try:
             size = self._measure(model_id, model)

@@ -5,6 +5,7 @@
     ├── ModelIdError (ValueError)   400: the model id is missing or malformed
     │   └── MissingModelIdError     a multiplexed loader was called without a model id
     ├── ModelLoadTimeoutError (TimeoutError)   the loader ran past its time limit
+    ├── ModelLoadBackoffError       503: the loader kept failing; not retried until a backoff ends
     ├── ModelTooLargeError          a model larger than the whole byte budget
     ├── ReplicaDiedError            503: the replica serving the request died
     ├── BackPressureError           503: queue full; carries `queued` and `limit`
@@ -23,6 +24,7 @@ __all__ = [
     "DeploymentFailedError",
     "MissingModelIdError",
     "ModelIdError",
+    "ModelLoadBackoffError",
     "ModelLoadTimeoutError",
     "ModelTooLargeError",
     "ModelplexError",
@@ -75,6 +77,28 @@ class ModelLoadTimeoutError(ModelplexError, TimeoutError):
 
     def __reduce__(self):
         return (type(self), (self.model_id, self.timeout_s))
+
+
+class ModelLoadBackoffError(ModelplexError):
+    http_status = 503
+
+    def __init__(self, model_id: str, failures: int, retry_in_s: float, last_error: object) -> None:
+        error = (
+            f"{type(last_error).__name__}: {last_error}"
+            if isinstance(last_error, BaseException)
+            else str(last_error)
+        )
+        super().__init__(
+            f"Loading model '{model_id}' failed {failures} times in a row; not retrying for "
+            f"{retry_in_s:.1f}s. Last error: {error}"
+        )
+        self.model_id = model_id
+        self.failures = failures
+        self.retry_in_s = retry_in_s
+        self.last_error = error
+
+    def __reduce__(self):
+        return (type(self), (self.model_id, self.failures, self.retry_in_s, self.last_error))
 
 
 class ModelTooLargeError(ModelplexError):

@@ -22,6 +22,7 @@ EXPORTED = {
     "HTTPOptions",
     "MissingModelIdError",
     "ModelIdError",
+    "ModelLoadBackoffError",
     "ModelLoadTimeoutError",
     "ModelStatus",
     "ModelTooLargeError",

@@ -449,7 +449,8 @@ async def test_any_callable_returning_an_awaitable(make):
 
 
 async def test_failed_load_leaves_the_cache_as_it_was_and_retries(make):
-    cache, loader = make(max_models=2)
+    # The clock moves a second a call: past any backoff (see the backoff test below).
+    cache, loader = make(max_models=2, clock=Clock())
     await cache.get("1")
     await cache.get("2")
     boom = RuntimeError("cannot load model bad")
@@ -1040,3 +1041,35 @@ async def test_admit_keeps_a_model_an_admission_policy_would_refuse():
     cache.admit("cold")
     await cache.get("cold")
     assert cache.loaded_ids() == ("cold",)
+
+
+async def test_a_model_that_keeps_failing_backs_off():
+    from modelplex._errors import ModelLoadBackoffError
+
+    now = [0.0]
+    calls = []
+
+    async def load(model_id):
+        calls.append(model_id)
+        if len(calls) <= 3:
+            raise RuntimeError("bucket unreachable")
+        return model_id
+
+    cache = ModelCache(load, clock=lambda: now[0])
+    with pytest.raises(RuntimeError):
+        await cache.get("m")
+    with pytest.raises(RuntimeError):  # the first failure is retried at once
+        await cache.get("m")
+    with pytest.raises(ModelLoadBackoffError, match="'m' failed 2 times.*bucket unreachable"):
+        await cache.get("m")  # within 0.5 s of the second failure: no loader call
+    assert len(calls) == 2
+    now[0] = 0.6
+    with pytest.raises(RuntimeError):
+        await cache.get("m")
+    now[0] = 1.5  # the third failure backs off 1 s
+    with pytest.raises(ModelLoadBackoffError):
+        await cache.get("m")
+    now[0] = 1.7
+    assert await cache.get("m") == "m"
+    assert len(calls) == 4
+    assert await cache.get("m") == "m"
