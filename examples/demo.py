@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -29,6 +30,13 @@ def main() -> None:
     args = parser.parse_args()
 
     root = make_models(tempfile.mkdtemp(prefix="modelplex-models-"), count=4)
+    try:
+        serve_demo(root, args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def serve_demo(root, args) -> None:
     serve.start(http_options={"port": args.port})
     app = ModelInferencer.options(num_replicas=2).bind(str(root))
     serve.run(app)
