@@ -92,21 +92,22 @@ class _Entry:
         return ModelInfo(self.model_id, self.size, self.last_used, self.load_s, self.pinned, self.refs)
 
 
-def _check_max_models(value: Any) -> int:
+def check_max_models(value: Any, name: str = "max_models") -> int:
+    """Validate a model-count limit; ``name`` is how the caller's user spells it."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_models must be an int, got {value!r}")
+        raise TypeError(f"{name} must be an int, got {value!r}")
     if value == 0 or value < -1:
-        raise ValueError(f"max_models must be >= 1 or -1 (unbounded), got {value!r}")
+        raise ValueError(f"{name} must be >= 1 or -1 (unbounded), got {value!r}")
     return value
 
 
-def _check_max_bytes(value: Any) -> int | None:
+def check_max_bytes(value: Any, name: str = "max_bytes") -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_bytes must be an int or None, got {value!r}")
+        raise TypeError(f"{name} must be an int or None, got {value!r}")
     if value < 1:
-        raise ValueError(f"max_bytes must be >= 1, got {value!r}")
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
     return value
 
 
@@ -180,8 +181,8 @@ class ModelCache:
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {loader!r}")
         self._loader = loader
-        self._max_models = _check_max_models(max_models)
-        self._max_bytes = _check_max_bytes(max_bytes)
+        self._max_models = check_max_models(max_models)
+        self._max_bytes = check_max_bytes(max_bytes)
         self._policy: EvictionPolicy = policy if policy is not None else LRUPolicy()
         # Optional policy hooks (see ``_eviction``), looked up once.
         self._record_access: Callable[[str, float], None] | None = getattr(
@@ -601,8 +602,8 @@ class ModelCache:
 
     def resize(self, *, max_models: int = _UNSET, max_bytes: int | None = _UNSET) -> None:
         """Change the limits; shrinking evicts at once."""
-        new_models = self._max_models if max_models is _UNSET else _check_max_models(max_models)
-        new_bytes = self._max_bytes if max_bytes is _UNSET else _check_max_bytes(max_bytes)
+        new_models = self._max_models if max_models is _UNSET else check_max_models(max_models)
+        new_bytes = self._max_bytes if max_bytes is _UNSET else check_max_bytes(max_bytes)
         self._max_models, self._max_bytes = new_models, new_bytes
         self._enforce()
         self._notify()  # also when nothing was evicted: the room left has changed

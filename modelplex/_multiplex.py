@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from . import _context
 from ._aio import running_loop
-from ._cache import ModelCache
+from ._cache import ModelCache, check_max_bytes, check_max_models
 from ._errors import MissingModelIdError
 from ._eviction import policy_from_name
 from ._model_ids import validate_model_id
@@ -34,23 +34,11 @@ def install_replica_hooks(
 
 
 def _validate_count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_num_models_per_replica must be an int, got {value!r}")
-    if value == 0 or value < -1:
-        raise ValueError(
-            f"max_num_models_per_replica must be >= 1 or -1 (unbounded), got {value!r}"
-        )
-    return value
+    return check_max_models(value, "max_num_models_per_replica")
 
 
 def _validate_bytes(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_memory_bytes must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"max_memory_bytes must be >= 1, got {value!r}")
-    return value
+    return check_max_bytes(value, "max_memory_bytes")
 
 
 def _loader_kind(func: Callable) -> str:
