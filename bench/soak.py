@@ -229,8 +229,9 @@ def main() -> None:
     try:
         serve.run(SoakModel.bind())
         print(json.dumps(kills(args, url, ids)), flush=True)
-        serve.run(SoakModel.options(max_queued_requests=100).bind())
-        print(json.dumps(overload(args, url, ids)), flush=True)
+        if args.overload_seconds > 0:
+            serve.run(SoakModel.options(max_queued_requests=100).bind())
+            print(json.dumps(overload(args, url, ids)), flush=True)
     finally:
         serve.shutdown()
 

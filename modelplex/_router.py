@@ -39,6 +39,7 @@ logger = logging.getLogger("modelplex.router")
 
 _TICK_S = 0.01
 _CONNECT_TIMEOUT_S = 5.0
+_SEND_ATTEMPTS = 3
 
 
 def _encode_args(args: tuple, kwargs: dict) -> bytes:
@@ -84,6 +85,10 @@ class _Replica:
 
     def holds(self, model_id: str) -> bool:
         return model_id in self.loaded or model_id in self.loading or model_id in self.sent_loads
+
+
+class _NotSent(Exception):
+    """The call never left this process; it is safe to send it elsewhere."""
 
 
 class _Slot:
@@ -155,13 +160,20 @@ class Router:
         if self._watch_task is None:
             self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         payload = _encode_args(args, kwargs) if (args or kwargs) else b""
-        replica = self._place_now(model_id)
-        if replica is None:
-            slot = await self._wait_for_replica(model_id)
-        else:
-            slot = self._reserve(replica, model_id)
-        result = await self._send(slot, method, payload, http, trace_id)
-        return self._decode(result, method)
+        for _ in range(_SEND_ATTEMPTS):
+            replica = self._place_now(model_id)
+            if replica is None:
+                slot = await self._wait_for_replica(model_id)
+            else:
+                slot = self._reserve(replica, model_id)
+            try:
+                result = await self._send(slot, method, payload, http, trace_id)
+            except _NotSent:
+                # The replica died before we could write: nothing ran, so try another one.
+                self._fail_replica(slot.replica, "connection lost")
+                continue
+            return self._decode(result, method)
+        raise ReplicaDiedError(slot.replica.info.replica_id, "connection lost")
 
     async def call_replica(self, replica_id: str, method: str, *args: Any) -> Any:
         """Call one replica directly, bypassing the policy (model management uses this)."""
@@ -169,7 +181,10 @@ class Router:
         if replica is None or not replica.routable:
             raise ReplicaDiedError(replica_id, "it is no longer serving")
         payload = _encode_args(args, {}) if args else b""
-        result = await self._send(self._reserve(replica, ""), method, payload, None, "")
+        try:
+            result = await self._send(self._reserve(replica, ""), method, payload, None, "")
+        except _NotSent:
+            raise ReplicaDiedError(replica_id, "connection lost") from None
         return self._decode(result, method)
 
     async def wait_ready(self, timeout_s: float = 30.0) -> list[str]:
@@ -333,8 +348,11 @@ class Router:
         replica.inflight[request_id] = future
         try:
             if replica.conn is None or replica.dead:
-                raise ReplicaDiedError(replica.info.replica_id, "connection lost")
-            replica.conn.send_nowait(call)
+                raise _NotSent()
+            try:
+                replica.conn.send_nowait(call)
+            except (ConnectionClosed, OSError):
+                raise _NotSent() from None
             return await future
         except asyncio.CancelledError:
             if replica.conn is not None and not replica.dead:
