@@ -332,13 +332,17 @@ def main() -> None:
     async def run() -> None:
         await Replica(spec).run()
 
+    code = 0
     try:
         loop.run_until_complete(run())
+    except BaseException:  # the log file and the console must say why a replica died
+        logger.exception("Replica %s crashed.", spec.replica_id)
+        code = 1
     finally:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
 
 
 if __name__ == "__main__":

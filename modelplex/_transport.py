@@ -191,7 +191,9 @@ class Server:
         try:
             _set_nodelay(writer)
             try:
-                pass
+                await asyncio.wait_for(
+                    _server_handshake(reader, writer, self._secret), self._handshake_timeout_s
+                )
             except asyncio.TimeoutError:  # before OSError: on 3.11+ it is the builtin TimeoutError
                 logger.warning(
                     "Dropped the connection from %s: no handshake within %gs.",
