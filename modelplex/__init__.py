@@ -10,6 +10,7 @@ from ._api import (
     get_app_handle,
     get_deployment_handle,
     list_models,
+    list_proxies,
     pin_model,
     preload_model,
     run,
@@ -18,6 +19,7 @@ from ._api import (
     unload_model,
     unpin_model,
 )
+from ._backends import ProxyInfo
 from ._config import HTTPOptions
 from ._context import get_multiplexed_model_id
 from ._deployment import Application, Deployment, deployment
@@ -55,6 +57,7 @@ __all__ = [
     "ModelStatus",
     "ModelTooLargeError",
     "ModelplexError",
+    "ProxyInfo",
     "RemoteError",
     "ReplicaDiedError",
     "RequestTimeoutError",
@@ -66,6 +69,7 @@ __all__ = [
     "get_deployment_handle",
     "get_multiplexed_model_id",
     "list_models",
+    "list_proxies",
     "multiplexed",
     "pin_model",
     "preload_model",

@@ -5,27 +5,46 @@ from __future__ import annotations
 from typing import Any
 
 from . import _runtime
-from ._config import HTTPOptions
+from ._backends import ProxyInfo
+from ._config import ClusterOptions, HTTPOptions
 from ._deployment import Application
 from ._admin import ModelStatus
 from ._handle import DeploymentHandle
 
 
-def start(http_options: HTTPOptions | dict[str, Any] | None = None, **kwargs: Any) -> None:
+def start(
+    http_options: HTTPOptions | dict[str, Any] | None = None,
+    *,
+    cluster: str = "local",
+    address: str | None = None,
+    proxy_location: str = "head_node",
+) -> None:
     """Start modelplex in this process (``serve.run`` does it for you with the defaults).
 
     ``http_options`` sets where the proxy listens, e.g. ``{"host": "127.0.0.1", "port": 8000}``.
+    ``cluster="ray"`` runs replicas as actors on the Ray cluster at ``address`` (see
+    docs/cluster.md); ``proxy_location="every_node"`` adds a proxy on each other node.
     """
+    wanted = ClusterOptions(cluster, address, proxy_location)
     runtime = _runtime.current_runtime()
     if runtime is not None:
-        wanted = HTTPOptions.from_value(http_options)
-        if http_options is not None and wanted != runtime.http_options:
+        if http_options is not None and HTTPOptions.from_value(http_options) != runtime.http_options:
             raise RuntimeError(
                 "modelplex is already running with other http_options; call serve.shutdown() "
                 "first"
             )
+        if wanted != runtime.cluster:
+            raise RuntimeError(
+                f"modelplex is already running on cluster={runtime.cluster.cluster!r}; call "
+                "serve.shutdown() first"
+            )
         return
-    _runtime.get_runtime(http_options, **kwargs)
+    _runtime.get_runtime(http_options, wanted)
+
+
+def list_proxies() -> list[ProxyInfo]:
+    """Every HTTP proxy: the one in this process first, then one per other node if asked for."""
+    return list(_running().proxies)
 
 
 def run(

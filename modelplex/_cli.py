@@ -37,18 +37,34 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT)
     run.add_argument("--name", default="default")
     run.add_argument("--route-prefix", default="/")
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="run replicas on the Ray cluster at ADDRESS ('auto' finds the local one; "
+        "'local' starts a Ray on this machine)",
+    )
+    run.add_argument("--proxy-location", choices=["head_node", "every_node"], default="head_node")
     args = parser.parse_args(argv)
 
     import modelplex as serve
 
     app = _load(args.target)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    cluster = {}
+    if args.ray_address is not None:
+        address = None if args.ray_address == "local" else args.ray_address
+        cluster = {"cluster": "ray", "address": address}
+    serve.start(
+        http_options={"host": args.host, "port": args.port},
+        proxy_location=args.proxy_location,
+        **cluster,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.run(app, name=args.name, route_prefix=args.route_prefix)
-        print(f"modelplex: serving {args.target} on http://{args.host}:{args.port}", flush=True)
+        for proxy in serve.list_proxies():
+            print(f"modelplex: serving {args.target} on {proxy.url}", flush=True)
         stop.wait()
     finally:
         print("modelplex: shutting down", flush=True)

@@ -36,6 +36,33 @@ def _positive_float(name: str, value: Any, *, optional: bool = False) -> float |
     return float(value)
 
 
+# Ray Serve's keys, with the same meaning; scheduling_strategy overrides our default, SPREAD.
+RAY_ACTOR_OPTIONS = frozenset({
+    "accelerator_type", "label_selector", "memory", "num_cpus", "num_gpus",
+    "object_store_memory", "resources", "runtime_env", "scheduling_strategy",
+})
+
+
+def _check_ray_actor_options(options: Any) -> None:
+    if not isinstance(options, Mapping):
+        raise TypeError(f"ray_actor_options must be a dict, got {options!r}")
+    unknown = sorted(set(options) - RAY_ACTOR_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"ray_actor_options has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(RAY_ACTOR_OPTIONS))}"
+        )
+    for key in ("num_cpus", "num_gpus", "memory", "object_store_memory"):
+        value = options.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+        ):
+            raise ValueError(f"ray_actor_options[{key!r}] must be a number >= 0, got {value!r}")
+    resources = options.get("resources")
+    if resources is not None and not isinstance(resources, Mapping):
+        raise TypeError(f"ray_actor_options['resources'] must be a dict, got {resources!r}")
+
+
 @dataclass(frozen=True)
 class DeploymentConfig:
     """How one deployment runs; ``Deployment.options`` builds a new one with ``replace``."""
@@ -63,8 +90,8 @@ class DeploymentConfig:
         _positive_float("health_check_timeout_s", self.health_check_timeout_s)
         if self.max_replicas_per_model is not None:
             _int("max_replicas_per_model", self.max_replicas_per_model, minimum=1)
-        if self.ray_actor_options is not None and not isinstance(self.ray_actor_options, Mapping):
-            raise TypeError(f"ray_actor_options must be a dict, got {self.ray_actor_options!r}")
+        if self.ray_actor_options is not None:
+            _check_ray_actor_options(self.ray_actor_options)
 
     def replace(self, **changes: Any) -> "DeploymentConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -121,3 +148,35 @@ class HTTPOptions:
                 raise TypeError(f"unknown http option(s): {', '.join(sorted(unknown))}")
             return cls(**value)
         raise TypeError(f"http_options must be a dict or HTTPOptions, got {value!r}")
+
+
+CLUSTERS = ("local", "ray")
+PROXY_LOCATIONS = ("head_node", "every_node")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Where replicas run: processes on this machine ("local"), or actors on a Ray cluster.
+
+    ``address`` is Ray's (``"auto"``, ``"ray://host:10001"``, ...); None means ``RAY_ADDRESS``
+    if set, else a new Ray on this machine. ``proxy_location="every_node"`` adds one HTTP proxy
+    on each other node of the cluster.
+    """
+
+    cluster: str = "local"
+    address: str | None = None
+    proxy_location: str = "head_node"
+
+    def __post_init__(self) -> None:
+        if self.cluster not in CLUSTERS:
+            raise ValueError(f"cluster must be one of {', '.join(map(repr, CLUSTERS))}, got {self.cluster!r}")
+        if self.address is not None:
+            if not isinstance(self.address, str) or not self.address:
+                raise ValueError(f"address must be a non-empty string, got {self.address!r}")
+            if self.cluster != "ray":
+                raise ValueError(f"address={self.address!r} needs cluster='ray'")
+        if self.proxy_location not in PROXY_LOCATIONS:
+            raise ValueError(
+                f"proxy_location must be one of {', '.join(map(repr, PROXY_LOCATIONS))}, "
+                f"got {self.proxy_location!r}"
+            )

@@ -30,6 +30,8 @@ from ._messages import (
     ReplicaStopped,
     StopReplica,
     WatchReplicas,
+    WatchRoutes,
+    RouteTable,
 )
 from ._transport import Connection, ConnectionClosed, Server, start_server
 
@@ -38,6 +40,8 @@ logger = logging.getLogger("modelplex.controller")
 _WATCH_TIMEOUT_S = 30.0
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _START_TIMEOUT_S = 300.0
+_START_WARN_S = 30.0
+_ROUTES_ACK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ class Controller:
         self._tasks: set[asyncio.Task] = set()
         self._deploy_lock = asyncio.Lock()
         self._cache_limits: dict[DeploymentID, tuple] = {}
+        self._routes_version = 0
+        self._deploys: set[asyncio.Task] = set()
+        self._route_watchers: dict[int, int] = {}  # id(connection) -> route version it has
         self._closed = False
 
     @property
@@ -99,14 +106,47 @@ class Controller:
             raise RuntimeError("controller not started")
         return self._server.address
 
-    async def start(self) -> None:
-        self._server = await start_server(self._on_connection, secret=self._secret)
+    async def start(self, host: str = "127.0.0.1") -> None:
+        """Listen on ``host``: loopback alone unless a backend places replicas on other hosts."""
+        self._server = await start_server(self._on_connection, secret=self._secret, host=host)
 
     # ---- applications ------------------------------------------------------------------------
 
     def routes(self) -> dict[str, tuple[str, DeploymentID]]:
         """route prefix -> (app name, ingress deployment)."""
         return {app.route_prefix: (app.name, app.ingress) for app in self._apps.values()}
+
+    async def watch_routes(self, known_version: int) -> RouteTable:
+        """Return the route table once its version differs from ``known_version``."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(
+                        lambda: self._routes_version != known_version or self._closed
+                    ),
+                    _WATCH_TIMEOUT_S,
+                )
+            except asyncio.TimeoutError:
+                pass
+        return RouteTable(self._routes_version, self.routes())
+
+    async def _routes_changed(self) -> None:
+        """Publish a new route table, and return once every remote proxy has it (or after a
+        short grace), so that ``serve.run`` never returns before a proxy can route to the app."""
+        async with self._changed:
+            self._routes_version += 1
+            version = self._routes_version
+            self._changed.notify_all()
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(
+                        lambda: all(v >= version for v in self._route_watchers.values())
+                        or self._closed
+                    ),
+                    _ROUTES_ACK_TIMEOUT_S,
+                )
+            except asyncio.TimeoutError:
+                logger.warning("A proxy has not acknowledged the new routes within %.0fs.", _ROUTES_ACK_TIMEOUT_S)
 
     def app_names(self) -> list[str]:
         return list(self._apps)
@@ -123,6 +163,19 @@ class Controller:
         return app.ingress, [d.id for d in app.deployments.values()]
 
     async def deploy(
+        self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str
+    ) -> None:
+        if self._closed:
+            raise RuntimeError("modelplex is shutting down")
+        task = asyncio.current_task()
+        assert task is not None
+        self._deploys.add(task)  # shutdown cancels a deploy still waiting for its replicas
+        try:
+            await self._deploy(name, route_prefix, specs, ingress)
+        finally:
+            self._deploys.discard(task)
+
+    async def _deploy(
         self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str
     ) -> None:
         async with self._deploy_lock:
@@ -150,6 +203,7 @@ class Controller:
             for deployment in new.values():
                 self._published[deployment.id] = deployment
             await self._notify(*(d.id for d in new.values()))
+            await self._routes_changed()
             if old is not None:
                 stale = [d for n, d in old.deployments.items() if n not in new]
                 for d in stale:
@@ -166,9 +220,14 @@ class Controller:
                 if self._published.get(deployment.id) is deployment:
                     del self._published[deployment.id]
             await self._notify(*(d.id for d in app.deployments.values()))
+            await self._routes_changed()
             await asyncio.gather(*(self._stop_deployment(d) for d in app.deployments.values()))
 
     async def shutdown(self) -> None:
+        deploys = list(self._deploys)
+        for task in deploys:
+            task.cancel()
+        await asyncio.gather(*deploys, return_exceptions=True)
         for name in list(self._apps):
             await self.delete(name)
         self._closed = True
@@ -251,7 +310,7 @@ class Controller:
         deployment.replicas[replica_id] = replica
         self._spawn(self._monitor(deployment, replica))
         try:
-            await asyncio.wait_for(asyncio.shield(replica.ready), _START_TIMEOUT_S)
+            await self._wait_started(replica, config)
         except BaseException:
             deployment.replicas.pop(replica_id, None)
             replica.stopping = True
@@ -262,6 +321,30 @@ class Controller:
         deployment.failures = 0
         self._spawn(self._health_check(deployment, replica))
         return replica
+
+    async def _wait_started(self, replica: _Replica, config: DeploymentConfig) -> None:
+        """Wait for ReplicaReady, saying so every little while: a replica that no node has
+        room for waits in the backend's queue, and the user should hear why."""
+        deadline = asyncio.get_running_loop().time() + _START_TIMEOUT_S
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(asyncio.shield(replica.ready), min(_START_WARN_S, remaining))
+                return
+            except asyncio.TimeoutError:
+                if remaining <= _START_WARN_S:
+                    raise DeploymentFailedError(
+                        config.name, f"replica {replica.replica_id} did not start within "
+                        f"{_START_TIMEOUT_S:.0f}s"
+                    ) from None
+                waiting = _START_TIMEOUT_S - remaining + _START_WARN_S
+                where = (
+                    f"; no node may have the resources it asks for ({dict(config.ray_actor_options)})"
+                    if config.ray_actor_options else ""
+                )
+                logger.warning(
+                    "Replica %s has not started after %.0fs%s.", replica.replica_id, waiting, where
+                )
 
     async def _monitor(self, deployment: _Deployment, replica: _Replica) -> None:
         code = await replica.process.wait()
@@ -333,6 +416,17 @@ class Controller:
                     message = await conn.recv()
                     if not isinstance(message, WatchReplicas):
                         return
+            elif isinstance(message, WatchRoutes):
+                # A watcher asking with version v has applied v: that is its acknowledgement.
+                try:
+                    while True:
+                        await self._route_watcher_at(conn, message.known_version)
+                        await conn.send(await self.watch_routes(message.known_version))
+                        message = await conn.recv()
+                        if not isinstance(message, WatchRoutes):
+                            return
+                finally:
+                    await self._route_watcher_at(conn, None)
         except ConnectionClosed:
             return
 
@@ -359,6 +453,14 @@ class Controller:
                 replica.pong.set()
             elif isinstance(message, ReplicaStopped):
                 return
+
+    async def _route_watcher_at(self, conn: Connection, version: int | None) -> None:
+        async with self._changed:
+            if version is None:
+                self._route_watchers.pop(id(conn), None)
+            else:
+                self._route_watchers[id(conn)] = version
+            self._changed.notify_all()
 
     async def _health_check(self, deployment: _Deployment, replica: _Replica) -> None:
         """Ping the replica's control loop; one that stops answering is killed and replaced.

@@ -4,7 +4,8 @@ Data plane (router <-> replica, one connection per pair):
     Call -> Result; Cancel; ModelsUpdate pushed by the replica on every cache change.
 Control plane (replica <-> controller, handle routers -> controller):
     ReplicaReady / ReplicaStartFailed; StopReplica -> ReplicaStopped;
-    WatchReplicas -> ReplicaSet (long poll).
+    WatchReplicas -> ReplicaSet (long poll); WatchRoutes -> RouteTable (long poll, for proxies
+    that do not live beside the controller).
 """
 
 from __future__ import annotations
@@ -135,3 +136,14 @@ class ReplicaSet:
     max_queued: int = -1
     exists: bool = True
     max_replicas_per_model: int | None = None
+
+
+@dataclass(frozen=True)
+class WatchRoutes:
+    known_version: int
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    version: int
+    routes: Mapping[str, tuple[str, DeploymentID]]  # route prefix -> (app name, ingress)

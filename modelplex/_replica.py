@@ -15,7 +15,6 @@ import pickle
 import struct
 import sys
 import threading
-import time
 import traceback
 from typing import Any
 
@@ -34,42 +33,20 @@ from ._logging import configure_replica_logging
 from ._messages import (
     Call,
     Cancel,
-    DeploymentID,
     ModelsUpdate,
     Ping,
     Pong,
     ReplicaReady,
-    ReplicaSet,
     ReplicaStartFailed,
     ReplicaStopped,
     Result,
     StopReplica,
-    WatchReplicas,
 )
+from ._remote import RemoteDirectory
 from ._router import RouterRegistry, install_registry
 from ._transport import Connection, ConnectionClosed, connect, start_server
 
 logger = logging.getLogger("modelplex.replica")
-
-
-class RemoteDirectory:
-    """Replica sets from the controller, for handle routers living in this replica."""
-
-    def __init__(self, address: tuple[str, int], secret: bytes) -> None:
-        self._address = address
-        self._secret = secret
-        self._conns: dict[DeploymentID, Connection] = {}
-
-    async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet:
-        conn = self._conns.get(deployment_id)
-        if conn is None or conn.closed:
-            conn = await connect(self._address, secret=self._secret)
-            self._conns[deployment_id] = conn
-        await conn.send(WatchReplicas(deployment_id, known_version))
-        reply = await conn.recv()
-        if not isinstance(reply, ReplicaSet):
-            raise TypeError(f"unexpected reply from controller: {type(reply).__name__}")
-        return reply
 
 
 class Replica:
@@ -318,10 +295,11 @@ def _read_spec(stdin: Any) -> ReplicaSpec:
     return pickle.loads(stdin.read(size))
 
 
-def main() -> None:
-    stdin = sys.stdin.buffer
-    spec = _read_spec(stdin)
-    threading.Thread(target=_watch_parent, args=(stdin,), name="modelplex-parent", daemon=True).start()
+def run_replica(spec: ReplicaSpec) -> int:
+    """Serve until stopped; the exit code says whether the replica ended cleanly.
+
+    Shared by every backend: the local one calls it in a fresh process, the Ray one in an actor.
+    """
     for path in reversed(spec.sys_path):
         if path not in sys.path:
             sys.path.insert(0, path)
@@ -332,17 +310,23 @@ def main() -> None:
     async def run() -> None:
         await Replica(spec).run()
 
-    code = 0
     try:
         loop.run_until_complete(run())
+        return 0
     except BaseException:  # the log file and the console must say why a replica died
         logger.exception("Replica %s crashed.", spec.replica_id)
-        code = 1
+        return 1
     finally:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+
+
+def main() -> None:
+    stdin = sys.stdin.buffer
+    spec = _read_spec(stdin)
+    threading.Thread(target=_watch_parent, args=(stdin,), name="modelplex-parent", daemon=True).start()
+    os._exit(run_replica(spec))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ from typing import Any
 import cloudpickle
 
 from ._aio import LoopThread
-from ._backends import Backend
-from ._backends.local import LocalBackend
-from ._config import HTTPOptions
+from ._backends import Backend, ProxyInfo, ProxySpec, make_backend
+from ._config import ClusterOptions, HTTPOptions
 from ._controller import Controller, DeploymentSpec
 from ._deployment import Application, Deployment
 from ._handle import DeploymentHandle
@@ -40,32 +39,47 @@ def _default_log_dir() -> str:
 
 class Runtime:
     def __init__(
-        self, http_options: HTTPOptions, backend: Backend | None = None, log_dir: str | None = None
+        self,
+        http_options: HTTPOptions,
+        cluster: ClusterOptions | None = None,
+        *,
+        backend: Backend | None = None,
+        log_dir: str | None = None,
     ) -> None:
         configure_driver_logging()
         self.http_options = http_options
+        self.cluster = cluster or ClusterOptions()
         self.log_dir = log_dir or _default_log_dir()
         self._secret = new_secret()
+        self.backend = backend or make_backend(self.cluster)
+        self.proxies: list[ProxyInfo] = []
         self._thread = LoopThread("modelplex-driver")
-        self.controller = Controller(backend or LocalBackend(), secret=self._secret, log_dir=self.log_dir)
+        self.controller = Controller(self.backend, secret=self._secret, log_dir=self.log_dir)
         self.registry = RouterRegistry(self._thread.loop, self.controller, self._secret)
         self.models = ModelManager(self.controller, self.registry)
         self.proxy: Proxy | None = None
         try:
             self._thread.run(self._start())
         except BaseException:
+            self._thread.run(self._shutdown(), timeout=60)
             self._thread.stop()
             raise
         install_registry(self.registry)
         port = f" and HTTP on {http_options.host}:{self.http_port}" if self.proxy else ""
-        logger.info("Started modelplex%s; replica logs at %s", port, self.log_dir)
+        logger.info(
+            "Started modelplex (%s)%s; replica logs at %s", self.backend.name, port, self.log_dir
+        )
 
     async def _start(self) -> None:
-        await self.controller.start()
+        await self.controller.start(host=self.backend.listen_host)
         if self.http_options is not None:
             app = ProxyApp(self.controller.routes, self.registry, self.http_options, self.models)
             self.proxy = Proxy(app, self.http_options)
             await self.proxy.start()
+            assert self.proxy.port is not None
+            self.proxies = [ProxyInfo(self.backend.node_id, self.http_options.host, self.proxy.port)]
+            spec = ProxySpec(self.controller.address, self._secret, self.http_options)
+            self.proxies += await self.backend.start_proxies(spec)
 
     @property
     def http_port(self) -> int | None:
@@ -145,11 +159,13 @@ _lock = threading.RLock()
 _runtime: Runtime | None = None
 
 
-def get_runtime(http_options: Any = None, **kwargs: Any) -> Runtime:
+def get_runtime(
+    http_options: Any = None, cluster: ClusterOptions | None = None, **kwargs: Any
+) -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            _runtime = Runtime(HTTPOptions.from_value(http_options), **kwargs)
+            _runtime = Runtime(HTTPOptions.from_value(http_options), cluster, **kwargs)
         return _runtime
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
+from .._config import ClusterOptions, HTTPOptions
 from .._messages import DeploymentID
 
 
@@ -33,6 +34,32 @@ class ReplicaSpec:
         return f"ReplicaSpec(replica_id={self.replica_id!r})"
 
 
+@dataclass(frozen=True)
+class ProxySpec:
+    """What a proxy away from the driver needs: where the controller is, and how to serve."""
+
+    controller_address: tuple[str, int]
+    secret: bytes
+    http_options: HTTPOptions
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"ProxySpec(controller_address={self.controller_address!r})"
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """One HTTP proxy: the driver's own (node "") or one a backend started on another node."""
+
+    node_id: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
 class ReplicaProcess(Protocol):
     replica_id: str
 
@@ -48,7 +75,29 @@ class ReplicaProcess(Protocol):
 
 class Backend(Protocol):
     name: str
+    node_id: str  # the node the driver runs on
+    # Where the controller listens so that replicas can dial it: loopback when they all run on
+    # this machine, this node's address when a backend spreads them over hosts.
+    listen_host: str
 
     async def start(self, spec: ReplicaSpec) -> ReplicaProcess: ...
 
+    async def start_proxies(self, spec: ProxySpec) -> list[ProxyInfo]:
+        """Start the proxies beyond the driver's own (one per other node); [] when there are none."""
+
     async def close(self) -> None: ...
+
+
+def make_backend(options: ClusterOptions) -> Backend:
+    """The backend ``options`` asks for; Ray is imported only when it is the one."""
+    if options.cluster == "ray":
+        try:
+            from .ray import RayBackend
+        except ImportError as exc:
+            raise ImportError(
+                "cluster='ray' needs Ray: pip install 'modelplex[ray]'"
+            ) from exc
+        return RayBackend(options.address, options.proxy_location)
+    from .local import LocalBackend
+
+    return LocalBackend()

@@ -13,7 +13,7 @@ import pickle
 import struct
 import sys
 
-from . import ReplicaSpec
+from . import ProxyInfo, ProxySpec, ReplicaSpec
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,6 +42,8 @@ class LocalReplicaProcess:
 
 class LocalBackend:
     name = "local"
+    listen_host = "127.0.0.1"
+    node_id = "local"
 
     async def start(self, spec: ReplicaSpec) -> LocalReplicaProcess:
         env = dict(os.environ)
@@ -61,6 +63,9 @@ class LocalBackend:
         proc.stdin.write(struct.pack(">Q", len(data)) + data)
         await proc.stdin.drain()
         return LocalReplicaProcess(spec.replica_id, proc)
+
+    async def start_proxies(self, spec: ProxySpec) -> list[ProxyInfo]:
+        return []  # one machine: the driver's proxy is the only one
 
     async def close(self) -> None:
         return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 
 import pytest
 import requests
@@ -153,7 +152,9 @@ class FanOut:
 def test_two_routers_load_a_cold_model_once(serve_instance, tmp_path):
     events = str(tmp_path / "events")
     serve.run(
-        make_recorder(capacity=2).options(num_replicas=2).bind(events, load_s=0.5),
+        make_recorder(capacity=2).options(num_replicas=2, max_ongoing_requests=64).bind(
+            events, load_s=0.5
+        ),
         name="rec",
         route_prefix="/rec",
     )

@@ -1,0 +1,149 @@
+"""Replicas as Ray actors, for serving beyond one machine.
+
+Ray decides where each replica runs (``ray_actor_options``: ``num_cpus``, ``num_gpus``,
+``memory``, ``resources``, as in Ray Serve) and reports its death; everything else is
+modelplex's own. The actor runs the same replica code as a local process: it dials the
+controller, binds its node's address, and serves requests over modelplex's authenticated
+channel, so no request goes through Ray's object store and the speed measured locally holds.
+
+Ray is imported here and nowhere else, and only when this backend is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any
+
+from . import ProxyInfo, ProxySpec, ReplicaSpec
+
+logger = logging.getLogger("modelplex.backend")
+
+# Actors belong to the driver that created them (not detached), so Ray stops them when the
+# driver goes away, the cluster's equivalent of the local backend's stdin pipe.
+_NAMESPACE = "modelplex"
+
+
+class _ReplicaActor:
+    """Hosts one replica; ``run`` returns its exit code when the replica ends."""
+
+    def run(self, spec: ReplicaSpec) -> int:
+        import ray
+
+        from .._replica import run_replica
+
+        return run_replica(dataclasses.replace(spec, bind_host=ray.util.get_node_ip_address()))
+
+
+class _ProxyActor:
+    """Hosts a node proxy; lives until killed."""
+
+    def __init__(self) -> None:
+        self._proxy: Any = None
+
+    def start(self, spec: ProxySpec) -> tuple[str, str, int]:
+        import ray
+
+        from .._node_proxy import NodeProxy
+
+        self._proxy = NodeProxy(spec)
+        port = self._proxy.start()
+        return ray.get_runtime_context().get_node_id(), spec.http_options.host, port
+
+    def stop(self) -> None:
+        if self._proxy is not None:
+            self._proxy.stop()
+
+
+class RayReplicaProcess:
+    def __init__(self, replica_id: str, actor: Any, done: Any) -> None:
+        self.replica_id = replica_id
+        self._actor = actor
+        self._done = done  # the ObjectRef of run(): ready when the replica ends or its actor dies
+
+    @property
+    def pid(self) -> int | None:
+        return None  # the replica reports its pid when ready; Ray knows the actor by id
+
+    async def wait(self) -> int | None:
+        try:
+            return await self._done
+        except Exception as exc:  # RayActorError and kin: the actor, its worker or node died
+            logger.info("Replica %s: %s", self.replica_id, type(exc).__name__)
+            return None
+
+    def kill(self) -> None:
+        import ray
+
+        try:
+            ray.kill(self._actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, address: str | None = None, proxy_location: str = "head_node") -> None:
+        import ray
+
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            ray.init(
+                address=address,
+                namespace=_NAMESPACE,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+            )
+        self.listen_host = ray.util.get_node_ip_address()
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self._proxy_location = proxy_location
+        self._replica_cls = ray.remote(max_restarts=0, max_task_retries=0)(_ReplicaActor)
+        self._proxy_cls = ray.remote(num_cpus=0, max_restarts=0)(_ProxyActor)
+        self._proxies: list[Any] = []
+
+    async def start(self, spec: ReplicaSpec) -> RayReplicaProcess:
+        # Validated when the deployment was declared; spread replicas as Ray Serve does.
+        options = {"scheduling_strategy": "SPREAD", **(spec.ray_actor_options or {})}
+        actor = self._replica_cls.options(**options).remote()
+        return RayReplicaProcess(spec.replica_id, actor, actor.run.remote(spec))
+
+    async def start_proxies(self, spec: ProxySpec) -> list[ProxyInfo]:
+        if self._proxy_location != "every_node":
+            return []
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = [
+            n["NodeID"] for n in self._ray.nodes() if n["Alive"] and n["NodeID"] != self.node_id
+        ]
+        actors = [
+            self._proxy_cls.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+            ).remote()
+            for node in nodes
+        ]
+        self._proxies.extend(actors)
+        started = await asyncio.gather(*(actor.start.remote(spec) for actor in actors))
+        return [ProxyInfo(node, host, port) for node, host, port in started]
+
+    async def close(self) -> None:
+        proxies, self._proxies = self._proxies, []
+        if proxies:
+            stops = [actor.stop.remote() for actor in proxies]
+            await asyncio.wait([asyncio.ensure_future(_await(ref)) for ref in stops], timeout=15)
+        for actor in proxies:
+            try:
+                self._ray.kill(actor, no_restart=True)
+            except Exception:
+                pass
+        if self._owns_ray:
+            self._ray.shutdown()
+
+
+async def _await(ref: Any) -> Any:
+    try:
+        return await ref
+    except Exception:
+        return None

@@ -1,0 +1,60 @@
+"""An HTTP proxy on a node away from the driver.
+
+It routes on its own, with its own routers, exactly like the driver's proxy: only where it
+learns things differs. Routes and replica sets arrive from the controller by long poll, and
+replicas tell it what they hold on every reply. Rendezvous placement makes it agree with the
+other proxies on where a cold model goes, without talking to them.
+
+Model management (``/-/models``) stays on the driver's proxy, which sees every replica's cache.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._aio import LoopThread
+from ._backends import ProxySpec
+from ._proxy import Proxy, ProxyApp
+from ._remote import RemoteDirectory, RemoteRoutes
+from ._router import RouterRegistry, install_registry
+
+logger = logging.getLogger("modelplex.proxy")
+
+
+class NodeProxy:
+    def __init__(self, spec: ProxySpec) -> None:
+        self._spec = spec
+        self._thread = LoopThread("modelplex-node-proxy")
+        self._directory = RemoteDirectory(spec.controller_address, spec.secret)
+        self._registry = RouterRegistry(self._thread.loop, self._directory, spec.secret)
+        self._routes = RemoteRoutes(spec.controller_address, spec.secret)
+        self._proxy: Proxy | None = None
+
+    def start(self) -> int:
+        """Serve, and return the port (``http_options.port`` or, for 0, the one picked)."""
+        install_registry(self._registry)  # handles called by code in this process route here too
+        return self._thread.run(self._start(), timeout=60)
+
+    async def _start(self) -> int:
+        await self._routes.start()
+        app = ProxyApp(self._routes, self._registry, self._spec.http_options, models=None)
+        self._proxy = Proxy(app, self._spec.http_options)
+        await self._proxy.start()
+        assert self._proxy.port is not None
+        logger.info(
+            "Proxy listening on %s:%d.", self._spec.http_options.host, self._proxy.port
+        )
+        return self._proxy.port
+
+    def stop(self) -> None:
+        try:
+            self._thread.run(self._stop(), timeout=30)
+        finally:
+            self._thread.stop()
+
+    async def _stop(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.stop()
+        await self._registry.close()
+        await self._routes.close()
+        self._directory.close()

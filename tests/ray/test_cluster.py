@@ -1,0 +1,137 @@
+"""Several Ray nodes on one machine (``ray.cluster_utils.Cluster``): a head with no CPUs for
+replicas, and two workers. Replicas go where their resources are, requests cross nodes, proxies
+on different nodes agree on where a cold model goes, and a lost node's replicas come back on
+the nodes that remain. The node removal comes last: it changes the cluster for what follows."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import pytest
+import ray
+import requests
+from ray.cluster_utils import Cluster
+
+import modelplex as serve
+
+from ..conftest import wait_until
+from ..integration.models import make_recorder, read_events
+from .conftest import OBJECT_STORE_BYTES
+
+H = "serve_multiplexed_model_id"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    node_args = {"object_store_memory": OBJECT_STORE_BYTES}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, **node_args},
+    )
+    workers = [
+        cluster.add_node(num_cpus=2, resources={"zone_a": 1}, **node_args),
+        cluster.add_node(num_cpus=2, resources={"zone_b": 1}, **node_args),
+    ]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture
+def serving(cluster):
+    serve.start(http_options={"port": 0}, cluster="ray", proxy_location="every_node")
+    yield cluster
+    serve.shutdown()
+
+
+@serve.deployment
+class Where:
+    def __call__(self, request=None):
+        return {"node": ray.get_runtime_context().get_node_id(), "model": serve.get_multiplexed_model_id()}
+
+
+def nodes_of(handle, calls: int = 30) -> set[str]:
+    return {handle.remote().result()["node"] for _ in range(calls)}
+
+
+def test_replicas_spread_over_nodes_by_resources(serving):
+    cluster, (zone_a, zone_b) = serving
+    head = ray.get_runtime_context().get_node_id()
+    spread = serve.run(
+        Where.options(name="spread", num_replicas=2, ray_actor_options={"num_cpus": 1}).bind(),
+        name="spread", route_prefix="/spread",
+    )
+    assert nodes_of(spread) == {zone_a.node_id, zone_b.node_id}
+    pinned = serve.run(
+        Where.options(name="b", num_replicas=2, ray_actor_options={"num_cpus": 0.5, "resources": {"zone_b": 0.5}}).bind(),
+        name="b", route_prefix="/b",
+    )
+    assert nodes_of(pinned) == {zone_b.node_id}
+    # The driver's proxy, on the head, reaches a model on a worker node.
+    driver_proxy = serve.list_proxies()[0]
+    assert driver_proxy.node_id == head
+    resp = requests.get(driver_proxy.url + "/b", headers={H: "7"}, timeout=30)
+    assert resp.status_code == 200 and resp.json() == {"node": zone_b.node_id, "model": "7"}
+
+
+def test_every_node_has_a_proxy_and_two_proxies_load_a_cold_model_once(serving, tmp_path):
+    events = str(tmp_path / "events")
+    recorder = make_recorder(capacity=2).options(num_replicas=2, max_ongoing_requests=64)
+    serve.run(recorder.bind(events, load_s=0.5))
+    proxies = serve.list_proxies()
+    assert len({p.node_id for p in proxies}) == 3  # the head's and one per worker
+    first, second = proxies[1].url, proxies[2].url
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        results = list(
+            pool.map(
+                lambda url: requests.get(url, headers={H: "cold"}, timeout=60),
+                [first, second] * 20,
+            )
+        )
+    assert [r.status_code for r in results] == [200] * 40
+    assert read_events(events) == ["load cold"]
+    assert len({r.json()["pid"] for r in results}) == 1
+
+
+def test_a_lost_node_is_replaced_and_serving_goes_on(serving):
+    cluster, (zone_a, zone_b) = serving
+    handle = serve.run(
+        Where.options(name="spread", num_replicas=2, ray_actor_options={"num_cpus": 1}).bind(),
+        name="spread", route_prefix="/spread",
+    )
+    assert nodes_of(handle) == {zone_a.node_id, zone_b.node_id}
+    url = serve.list_proxies()[0].url + "/spread"
+    outcomes: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                outcomes.append(requests.get(url, headers={H: "m"}, timeout=30).status_code)
+            except requests.RequestException:
+                outcomes.append(-1)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        cluster.remove_node(zone_b)
+        # Both replicas end up on the node that remains.
+        wait_until(
+            lambda: nodes_of(handle, 10) == {zone_a.node_id}
+            and len({handle.remote().result()["node"] for _ in range(10)}) == 1,
+            timeout=60,
+            message="no replica came back on the remaining node",
+        )
+        served_before = len(outcomes)
+        wait_until(lambda: len(outcomes) > served_before + 20, timeout=30)
+    finally:
+        stop.set()
+        thread.join(30)
+    failures = [code for code in outcomes if code != 200]
+    assert len(failures) <= 2, failures  # at most the requests in flight on the lost node
+    assert outcomes[-20:] == [200] * 20

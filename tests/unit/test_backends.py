@@ -1,0 +1,94 @@
+"""The backend seam: choosing a backend, validating its options, and keeping Ray out of the
+rest of the package (``import modelplex`` must not import Ray, and no Ray type leaks)."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import modelplex as serve
+from modelplex._backends import ProxyInfo, make_backend
+from modelplex._backends.local import LocalBackend
+from modelplex._cli import main as cli_main
+from modelplex._config import ClusterOptions, DeploymentConfig
+
+PACKAGE = pathlib.Path(serve.__file__).parent
+
+
+def test_import_modelplex_does_not_import_ray():
+    code = "import sys, modelplex; assert 'ray' not in sys.modules, 'ray was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_only_the_ray_backend_module_mentions_ray():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "ray.py" and path.parent.name == "_backends":
+            continue
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("import ray", "from ray")):
+                offenders.append(f"{path.relative_to(PACKAGE)}: {stripped}")
+    assert offenders == []
+
+
+def test_default_backend_is_local_processes():
+    backend = make_backend(ClusterOptions())
+    assert isinstance(backend, LocalBackend)
+    assert backend.listen_host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "kwargs, text",
+    [
+        ({"cluster": "k8s"}, "'k8s'"),
+        ({"cluster": "local", "address": "auto"}, "needs cluster='ray'"),
+        ({"cluster": "ray", "address": ""}, "address"),
+        ({"proxy_location": "everywhere"}, "'everywhere'"),
+    ],
+)
+def test_cluster_options_are_validated(kwargs, text):
+    with pytest.raises(ValueError, match=text):
+        ClusterOptions(**kwargs)
+
+
+def test_start_validates_before_starting_anything():
+    with pytest.raises(ValueError, match="'k8s'"):
+        serve.start(cluster="k8s")
+    from modelplex import _runtime
+
+    assert _runtime.current_runtime() is None
+
+
+@pytest.mark.parametrize(
+    "options, error, text",
+    [
+        ({"num_cpu": 1}, ValueError, "'num_cpu'"),
+        ({"num_gpus": -1}, ValueError, "num_gpus"),
+        ({"memory": "1G"}, ValueError, "memory"),
+        ({"resources": ["zone_a"]}, TypeError, "resources"),
+        (["num_cpus"], TypeError, "ray_actor_options"),
+    ],
+)
+def test_ray_actor_options_are_validated_when_declared(options, error, text):
+    with pytest.raises(error, match=text):
+        DeploymentConfig(name="d", ray_actor_options=options)
+
+
+def test_ray_actor_options_with_ray_serve_keys_are_accepted():
+    options = {"num_cpus": 0.5, "num_gpus": 0, "memory": 2**30, "resources": {"zone_a": 1}}
+    assert DeploymentConfig(name="d", ray_actor_options=options).ray_actor_options == options
+
+
+def test_proxy_info_url():
+    assert ProxyInfo("n", "127.0.0.1", 8000).url == "http://127.0.0.1:8000"
+    assert ProxyInfo("n", "::1", 8000).url == "http://[::1]:8000"
+
+
+def test_cli_rejects_a_bad_proxy_location(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["run", "m:app", "--proxy-location", "nowhere"])
+    assert "nowhere" in capsys.readouterr().err
