@@ -34,7 +34,9 @@ logger = logging.getLogger("modelplex")
 
 def _default_log_dir() -> str:
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    return os.path.join(tempfile.gettempdir(), "modelplex", f"session_{stamp}_{os.getpid()}", "logs")
+    # Not "<tmp>/modelplex": run from the temp dir, that folder would shadow the package.
+    session = f"session_{stamp}_{os.getpid()}"
+    return os.path.join(tempfile.gettempdir(), "modelplex-logs", session)
 
 
 class Runtime:

@@ -125,7 +125,13 @@ class RayBackend:
             for node in nodes
         ]
         self._proxies.extend(actors)
-        started = await asyncio.gather(*(actor.start.remote(spec) for actor in actors))
+        started = await asyncio.gather(
+            *(actor.start.remote(spec) for actor in actors), return_exceptions=True
+        )
+        for node, result in zip(nodes, started):
+            if isinstance(result, BaseException):
+                cause = getattr(result, "cause", None) or result  # unwrap Ray's task error
+                raise RuntimeError(f"cannot start the HTTP proxy on node {node}: {cause}") from None
         return [ProxyInfo(node, host, port) for node, host, port in started]
 
     async def close(self) -> None:

@@ -6,6 +6,11 @@ the nodes that remain. The node removal comes last: it changes the cluster for w
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,11 +21,12 @@ from ray.cluster_utils import Cluster
 
 import modelplex as serve
 
-from ..conftest import wait_until
+from ..conftest import free_port, wait_until
 from ..integration.models import make_recorder, read_events
 from .conftest import OBJECT_STORE_BYTES
 
 H = "serve_multiplexed_model_id"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +101,71 @@ def test_every_node_has_a_proxy_and_two_proxies_load_a_cold_model_once(serving, 
     assert [r.status_code for r in results] == [200] * 40
     assert read_events(events) == ["load cold"]
     assert len({r.json()["pid"] for r in results}) == 1
+
+
+def test_cli_points_at_the_cluster(cluster, tmp_path):
+    """A second driver joins the running cluster with --ray-address and serves on it."""
+    ray_cluster, _ = cluster
+    (tmp_path / "cli_app.py").write_text(
+        "import modelplex as serve, ray\n"
+        "@serve.deployment(ray_actor_options={'num_cpus': 0.5})\n"
+        "class Hello:\n"
+        "    def __call__(self, request):\n"
+        "        return ray.get_runtime_context().get_node_id()\n"
+        "app = Hello.bind()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelplex._cli", "run", "cli_app:app", "--port", "0",
+         "--ray-address", ray_cluster.address],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "serving cli_app:app on " in line:
+                url = line.rsplit(" on ", 1)[1].strip()
+                break
+        else:
+            raise AssertionError("".join(lines))
+        node = requests.get(url, timeout=30).text
+        assert node in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_cluster_doc_examples_run(cluster):
+    """docs/cluster.md's Python blocks, on this cluster (ray.init is done, so "auto" reuses it)."""
+    text = open(os.path.join(ROOT, "docs", "cluster.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 3
+    namespace: dict = {"__name__": "cluster_doc", "app": Where.options(name="doc").bind()}
+    for block in blocks:
+        # Every node of this cluster shares one address: let each proxy pick its own port.
+        code = block.replace('"0.0.0.0"', '"127.0.0.1"').replace('"port": 8000', '"port": 0')
+        try:
+            exec(compile(code, "docs/cluster.md", "exec"), namespace)
+        finally:
+            serve.shutdown()
+
+
+def test_a_proxy_that_cannot_listen_is_a_clear_error(cluster):
+    port = free_port()
+    with pytest.raises(RuntimeError, match=f"cannot start the HTTP proxy on node .*{port}"):
+        # The head's proxy takes the port; the workers, on the same address here, cannot.
+        serve.start(http_options={"port": port}, cluster="ray", proxy_location="every_node")
+    from modelplex import _runtime
+
+    assert _runtime.current_runtime() is None
+    serve.start(http_options={"port": port}, cluster="ray")  # and nothing was left holding it
+    serve.shutdown()
 
 
 def test_a_lost_node_is_replaced_and_serving_goes_on(serving):
