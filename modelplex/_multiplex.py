@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import math
 import logging
 from typing import Any, Callable
 
@@ -61,7 +62,7 @@ def multiplexed(
     max_num_models_per_replica: int = 3,
     max_memory_bytes: int | None = None,
     model_size: Callable[[Any], int] | None = None,
-    load_timeout_s: float | None = None,
+    model_load_timeout_s: float | None = None,
     eviction_policy: str = "lru",
 ) -> Any:
     """Cache the models a loader returns, at most ``max_num_models_per_replica`` per replica.
@@ -71,18 +72,22 @@ def multiplexed(
     ``max_memory_bytes`` also bounds the cache by the models' measured size (numpy ``nbytes``,
     torch parameters and buffers, or ``model_size(model)``); ``eviction_policy`` picks what to
     evict ("lru", the default, or a frequency-aware policy: see docs/multiplexing.md).
+    A load that runs past ``model_load_timeout_s`` fails its waiters with
+    ``ModelLoadTimeoutError`` and leaves the cache as it was.
     """
     count = _validate_count(max_num_models_per_replica)
     policy_from_name(eviction_policy)  # an unknown name fails here, at decoration time
     max_bytes = _validate_bytes(max_memory_bytes)
     if model_size is not None and not callable(model_size):
         raise TypeError(f"model_size must be callable, got {model_size!r}")
-    if load_timeout_s is not None and (
-        isinstance(load_timeout_s, bool)
-        or not isinstance(load_timeout_s, (int, float))
-        or load_timeout_s <= 0
+    if model_load_timeout_s is not None and (
+        isinstance(model_load_timeout_s, bool)
+        or not isinstance(model_load_timeout_s, (int, float))
+        or not 0 < model_load_timeout_s < math.inf
     ):
-        raise ValueError(f"load_timeout_s must be a number > 0, got {load_timeout_s!r}")
+        raise ValueError(
+            f"model_load_timeout_s must be a finite number > 0, got {model_load_timeout_s!r}"
+        )
 
     def decorate(loader: Callable) -> Callable:
         if inspect.isclass(loader):
@@ -113,7 +118,7 @@ def multiplexed(
                 max_models=count,
                 max_bytes=max_bytes,
                 sizer=model_size,
-                load_timeout_s=load_timeout_s,
+                load_timeout_s=model_load_timeout_s,
                 policy=policy_from_name(eviction_policy),
                 logger=logger,
             )

@@ -117,7 +117,7 @@ def test_queue_limit_gives_503_with_retry_after(serve_instance, tmp_path):
 
 @serve.deployment
 class SlowLoader:
-    @serve.multiplexed(max_num_models_per_replica=2, load_timeout_s=0.3)
+    @serve.multiplexed(max_num_models_per_replica=2, model_load_timeout_s=0.3)
     async def get_model(self, model_id: str) -> str:
         if model_id == "hang":
             await asyncio.sleep(60)

@@ -72,6 +72,9 @@ def test_import_does_not_start_anything():
         ({"max_num_models_per_replica": True}, TypeError, "True"),
         ({"max_memory_bytes": 0}, ValueError, "max_memory_bytes"),
         ({"eviction_policy": "fifo"}, ValueError, "fifo"),
+        ({"model_load_timeout_s": 0}, ValueError, "model_load_timeout_s"),
+        ({"model_load_timeout_s": float("nan")}, ValueError, "nan"),
+        ({"model_load_timeout_s": "5"}, ValueError, "'5'"),
     ],
 )
 def test_multiplexed_rejects_bad_counts(kwargs, error, text):
