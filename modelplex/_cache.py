@@ -177,6 +177,7 @@ class ModelCache:
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger | None = None,
         on_change: Callable[[], None] | None = None,
+        wanted: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {loader!r}")
@@ -195,8 +196,10 @@ class ModelCache:
         self._load_timeout_s = _check_timeout(load_timeout_s)
         self._clock = clock
         self._logger = logger if logger is not None else logging.getLogger("modelplex.replica")
-        # Public so the replica can attach itself after the cache is made.
+        # Public so the replica can attach itself after the cache is made. ``wanted`` names
+        # the models that requests already on their way here will ask for.
         self.on_change = on_change
+        self.wanted = wanted
         self._loaded: dict[str, _Entry] = {}  # least to most recently used
         self._loading: dict[str, _Entry] = {}
         self._draining: dict[str, _Entry] = {}
@@ -472,9 +475,26 @@ class ModelCache:
             self._enforce(protect=frozenset((model_id,)))
 
     def _enforce(self, protect: frozenset[str] = frozenset(), new: str | None = None) -> None:
-        """Evict until the limits hold; the caller calls ``_notify``."""
+        """Evict until the limits hold; the caller calls ``_notify``.
+
+        Models that requests already sent here are about to use (``wanted``) go last: a
+        router that still believes this replica holds a model must not find it just unloaded.
+        """
         if not self._over_limits():
             return
+        wanted = self.wanted() - {new} if self.wanted is not None else frozenset()
+        if wanted - protect:
+            self._evict_victims(protect | wanted, new)
+        if self._over_limits():
+            self._evict_victims(protect, new)
+        if self._over_limits():
+            self._logger.warning(
+                "The model cache holds %d models and %d bytes, over its limits "
+                "(max_models=%s, max_bytes=%s): the rest are pinned or just loaded.",
+                len(self._loaded), self.total_bytes, self._max_models, self._max_bytes,
+            )
+
+    def _evict_victims(self, protect: frozenset[str], new: str | None) -> None:
         views = [e.view() for e in self._loaded.values()]
         if new is None:
             victims = self._policy.victims(
@@ -494,12 +514,6 @@ class ModelCache:
                         "keeping it after its requests (%d in use).", model_id, entry.refs,
                     )
                 self._evict(entry)
-        if self._over_limits():
-            self._logger.warning(
-                "The model cache holds %d models and %d bytes, over its limits "
-                "(max_models=%s, max_bytes=%s): the rest are pinned or just loaded.",
-                len(self._loaded), self.total_bytes, self._max_models, self._max_bytes,
-            )
 
     def _evict(self, entry: _Entry) -> asyncio.Task | None:
         """Out of the index now; unloaded now, or when the last request lets go."""

@@ -62,6 +62,10 @@ class Replica:
         self.conns: set[Connection] = set()
         self.running: dict[tuple[int, int], Any] = {}
         self.ongoing = 0
+        # model id -> requests for it that reached this replica and have not finished. Written
+        # on the control loop only; caches read a copy (on the user loop) to prefer other
+        # victims, so a request already on its way never finds its model just unloaded.
+        self.wanted: dict[str, int] = {}
         self.idle = asyncio.Event()
         self.idle.set()
         self.models_version = 0
@@ -135,7 +139,11 @@ class Replica:
         if self.admin is not None:
             self.admin.apply_limits(cache)
         cache.on_change = self._models_changed  # called on the user loop
+        cache.wanted = self._wanted
         self._models_changed()
+
+    def _wanted(self) -> frozenset[str]:
+        return frozenset(dict(self.wanted))  # dict() copies atomically under the GIL
 
     def _models_changed(self) -> None:
         update = self._models_update()
@@ -184,6 +192,8 @@ class Replica:
 
     def _dispatch(self, conn: Connection, call: Call) -> None:
         self.ongoing += 1
+        if call.model_id:
+            self.wanted[call.model_id] = self.wanted.get(call.model_id, 0) + 1
         self.idle.clear()
         key = (id(conn), call.request_id)
         future = self.user.submit(self._execute(call))
@@ -195,6 +205,12 @@ class Replica:
     def _reply(self, conn: Connection, key: tuple[int, int], call: Call, future: Any) -> None:
         self.running.pop(key, None)
         self.ongoing -= 1
+        if call.model_id:
+            left = self.wanted.get(call.model_id, 1) - 1
+            if left > 0:
+                self.wanted[call.model_id] = left
+            else:
+                self.wanted.pop(call.model_id, None)
         if self.ongoing == 0:
             self.idle.set()
         if conn.closed:

@@ -1073,3 +1073,37 @@ async def test_a_model_that_keeps_failing_backs_off():
     assert await cache.get("m") == "m"
     assert len(calls) == 4
     assert await cache.get("m") == "m"
+
+
+# ---------------------------------------------------------------- requests on their way
+
+
+async def test_a_wanted_model_is_passed_over_for_eviction(make):
+    wanted: set[str] = set()
+    cache, loader = make(max_models=2, wanted=lambda: frozenset(wanted))
+    await cache.get("1")
+    await cache.get("2")
+    wanted.add("1")  # a request for 1 reached the replica but has not asked for it yet
+    await cache.get("3")
+    assert cache.loaded_ids() == ("1", "3")  # 2 went, though 1 was less recently used
+    await cache.wait_for_unloads()
+    assert "del 2" in loader.events and "del 1" not in loader.events
+
+
+async def test_wanted_models_still_go_when_nothing_else_can(make):
+    cache, loader = make(max_models=2, wanted=lambda: frozenset({"1", "2", "3"}))
+    for model_id in ["1", "2", "3"]:
+        await cache.get(model_id)
+    assert cache.loaded_ids() == ("2", "3")  # the limit holds: plain LRU among the wanted
+    assert len(cache) == 2
+
+
+async def test_wanted_applies_to_the_byte_budget_too(make):
+    loader = Loader(sizes={"a": 40, "b": 40, "c": 40})
+    cache, _ = make(
+        loader=loader, max_models=-1, max_bytes=100, sizer=lambda m: m.size,
+        wanted=lambda: frozenset({"a"}),
+    )
+    for model_id in ["a", "b", "c"]:
+        await cache.get(model_id)
+    assert cache.loaded_ids() == ("a", "c")
