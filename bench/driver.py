@@ -1,0 +1,149 @@
+"""One system under test, in its own process: the driver that calls ``serve.run``.
+
+    python -m bench.driver '{"system": "modelplex", "port": 8123, "app": "noop", ...}'
+
+``system`` is ``modelplex`` (with ``backend`` "local" or "ray"), ``ray`` (Ray Serve) or
+``uvicorn`` (a bare ASGI app: the floor). The driver prints ``BENCH READY <seconds> {json}``
+once ``serve.run`` has returned (or ``BENCH SKIP <why>``), then reads JSON commands on stdin:
+``{"cmd": "handle", ...}`` runs a closed loop of ``handle.remote()`` calls from this process
+and prints ``BENCH RESULT {json}``; ``{"cmd": "stop"}`` or end of input shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+from .app import multiplexed_app, noop_app
+from .client import closed_loop
+
+
+def say(*parts: Any) -> None:
+    print("BENCH", *parts, flush=True)
+
+
+def build(serve: Any, config: dict) -> Any:
+    if config["app"] == "noop":
+        return noop_app(serve, **config["app_kwargs"])
+    return multiplexed_app(serve, **config["app_kwargs"])
+
+
+def handle_load(handle: Any, command: dict) -> dict:
+    """A closed loop of ``handle.remote()`` calls from an asyncio loop on this thread."""
+
+    async def send(model_id: str) -> tuple[str | None, dict | None]:
+        result = await handle.remote()
+        return None, result if isinstance(result, dict) else None
+
+    return asyncio.run(
+        closed_loop(send, concurrency=command["concurrency"], seconds=command["seconds"],
+                    warmup=command["warmup"])
+    )
+
+
+def serve_commands(handle: Any) -> None:
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "stop":
+            return
+        if command["cmd"] == "handle":
+            say("RESULT", json.dumps(handle_load(handle, command)))
+
+
+def run_modelplex(config: dict) -> None:
+    import modelplex as serve
+
+    # A handler of our own first: modelplex adds its INFO console handler only if none is set.
+    quiet = logging.StreamHandler(sys.stderr)
+    quiet.setLevel(logging.WARNING)
+    logging.getLogger("modelplex").addHandler(quiet)
+    http = {"host": "127.0.0.1", "port": config["port"]}
+    backend = config.get("backend", "local")
+    t0 = time.perf_counter()
+    try:
+        if backend == "local":
+            serve.start(http_options=http)
+        else:  # address="local": a new Ray cluster of our own, never one someone else started
+            serve.start(http_options=http, cluster=backend, address="local")
+    except TypeError as exc:
+        say("SKIP", f"serve.start(cluster={backend!r}) is not supported yet: {exc}")
+        return
+    t1 = time.perf_counter()
+    try:
+        handle = serve.run(build(serve, config))
+        t2 = time.perf_counter()
+        say("READY", round(t2 - t0, 3),
+            json.dumps({"serve_start_s": round(t1 - t0, 3), "serve_run_s": round(t2 - t1, 3)}))
+        serve_commands(handle)
+    finally:
+        serve.shutdown()
+
+
+def run_ray(config: dict) -> None:
+    import ray
+    from ray import serve
+
+    t0 = time.perf_counter()
+    # address="local": always a new cluster of our own, never one someone else started.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR, configure_logging=True)
+    try:
+        t1 = time.perf_counter()
+        serve.start(http_options={"host": "127.0.0.1", "port": config["port"]})
+        t2 = time.perf_counter()
+        handle = serve.run(build(serve, config))
+        t3 = time.perf_counter()
+        timings = {"ray_init_s": t1 - t0, "serve_start_s": t2 - t1, "serve_run_s": t3 - t2,
+                   "startup_with_init_s": t3 - t0}
+        say("READY", round(t3 - t1, 3), json.dumps({k: round(v, 3) for k, v in timings.items()}))
+        serve_commands(handle)
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+async def floor_app(scope: dict, receive: Any, send: Any) -> None:
+    """The least an ASGI server can do for the same request."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def run_uvicorn(config: dict) -> None:
+    import uvicorn
+
+    # The same server settings as modelplex's proxy (uvloop, httptools, no access log).
+    server = uvicorn.Server(uvicorn.Config(
+        floor_app, host="127.0.0.1", port=config["port"], loop="uvloop", http="httptools",
+        lifespan="off", log_level="warning", access_log=False, server_header=False))
+    t0 = time.perf_counter()
+
+    def watch() -> None:
+        while not server.started:
+            time.sleep(0.005)
+        say("READY", round(time.perf_counter() - t0, 3), "{}")
+        for line in sys.stdin:
+            if json.loads(line)["cmd"] == "stop":
+                break
+        server.should_exit = True
+
+    threading.Thread(target=watch, daemon=True).start()
+    server.run()
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    runner = {"modelplex": run_modelplex, "ray": run_ray, "uvicorn": run_uvicorn}[config["system"]]
+    runner(config)
+
+
+if __name__ == "__main__":
+    main()

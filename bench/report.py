@@ -1,0 +1,168 @@
+"""The end of a run: Markdown tables side by side, modelplex/Ray ratios, and the targets.
+
+Pure functions of the result rows, so a saved ``bench/results/<timestamp>.json`` can be
+printed again: ``python -m bench.report bench/results/<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+__all__ = ["check_targets", "summary"]
+
+TRACE_COLUMNS = (
+    ("system", "label"), ("req/s", "throughput_rps"), ("p50 ms", "p50_ms"), ("p90 ms", "p90_ms"),
+    ("p99 ms", "p99_ms"), ("max ms", "max_ms"), ("errors", "errors"), ("loads", "loads"),
+    ("hit rate", "hit_rate"), ("evictions", "evictions"), ("dup loads", "duplicate_loads"),
+    ("used after evict", "uses_after_evict"), ("hottest model loads", "hottest_model_loads"),
+    ("load ms p50", "load_ms_p50"), ("startup s", "startup_s"), ("serve.run s", "serve_run_s"),
+)
+OVERHEAD_COLUMNS = (("system", "label"), ("via", "via"), ("req/s", "throughput_rps"),
+                    ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("errors", "errors"))
+
+
+def table(rows: Iterable[dict], columns: Sequence[tuple[str, str]]) -> str:
+    def cell(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(key)) for _, key in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def _find(rows: Iterable[dict], **match: Any) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def _trace_pairs(runs: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """(modelplex local LRU, Ray Serve) at each mode and max_ongoing both ran."""
+    pairs = []
+    for ray in (r for r in runs if r["system"] == "ray"):
+        mine = _find(runs, system="modelplex", backend="local", policy="lru", mode=ray["mode"],
+                     max_ongoing=ray["max_ongoing"])
+        if mine is not None:
+            pairs.append((mine, ray))
+    return pairs
+
+
+def check_targets(results: dict) -> list[dict]:
+    """Each target with the measured value and whether it was met; None when not measured."""
+    runs, over = results.get("runs", []), results.get("overhead", [])
+    checks: list[dict] = []
+
+    def add(target: str, value: Any, met: bool | None) -> None:
+        checks.append({"target": target, "value": value, "met": met})
+
+    mp_http = _find(over, system="modelplex", backend="local", via="http")
+    ray_http = _find(over, system="ray", via="http")
+    floor = _find(over, system="uvicorn")
+    x = _ratio(mp_http and mp_http["throughput_rps"], ray_http and ray_http["throughput_rps"])
+    add("no-op HTTP throughput >= 5x Ray Serve", x, None if x is None else x >= 5)
+    x = _ratio(mp_http and mp_http["throughput_rps"], floor and floor["throughput_rps"])
+    add("no-op HTTP throughput >= 0.5x bare uvicorn", x, None if x is None else x >= 0.5)
+    for mine, ray in _trace_pairs(runs):
+        where = f"({mine['mode']}, max_ongoing {mine['max_ongoing']})"
+        x = _ratio(mine["throughput_rps"], ray["throughput_rps"])
+        add(f"trace throughput >= 3x Ray Serve {where}", x, x is not None and x >= 3)
+        x = _ratio(mine["p99_ms"], ray["p99_ms"])
+        add(f"trace p99 <= 1/3 of Ray Serve's {where}", x, x is not None and x <= 1 / 3)
+        add(f"LRU hit rate >= Ray Serve's {where}", f"{mine['hit_rate']} vs {ray['hit_rate']}",
+            mine["hit_rate"] >= ray["hit_rate"])
+    for run in runs:
+        if run["system"] == "modelplex" and run["policy"] == "tinylfu" and run["max_ongoing"] == 5:
+            add(f"tinylfu hit rate >= 0.62 ({run['label']}, {run['mode']}, max_ongoing 5)",
+                run["hit_rate"],
+                run["hit_rate"] >= 0.62)
+    mine = [r for r in runs if r["system"] == "modelplex"]
+    if mine:
+        dup = sum(r["duplicate_loads"] for r in mine)
+        add("0 duplicate loads (every modelplex trace run)", dup, dup == 0)
+        used = sum(r["uses_after_evict"] for r in mine)
+        add("0 uses after evict (every modelplex trace run)", used, used == 0)
+    # Real-mode replicas import numpy in their constructor: user code, not the framework's.
+    ready = [r["serve_run_s"] for r in mine + over + results.get("sweep", {}).get("rows", [])
+             if r["system"] == "modelplex" and r.get("backend") == "local"
+             and r.get("mode") != "real" and "serve_run_s" in r]
+    if ready:
+        add("serve.run of 2 replicas ready < 1 s (slowest emulated or no-op run)", max(ready),
+            max(ready) < 1)
+    return checks
+
+
+def summary(results: dict) -> str:
+    """Everything a reader needs, as Markdown."""
+    out: list[str] = []
+    runs = results.get("runs", [])
+    refs = results.get("references", {})
+    for mode in ("emulated", "real"):
+        for max_ongoing in sorted({r["max_ongoing"] for r in runs if r["mode"] == mode}):
+            rows = [r for r in runs if r["mode"] == mode and r["max_ongoing"] == max_ongoing]
+            rows += [{"label": f"reference: {name} (capacity {refs['capacity']})", "hit_rate": rate}
+                     for name, rate in refs.items() if name != "capacity"]
+            out += [f"### Trace, {mode} loads, max_ongoing_requests={max_ongoing}", "",
+                    table(rows, TRACE_COLUMNS), ""]
+    pairs = _trace_pairs(runs)
+    if pairs:
+        out += ["### modelplex (LRU) / Ray Serve on the trace", "",
+                table([{"where": f"{m['mode']}, max_ongoing {m['max_ongoing']}",
+                        "tput": _ratio(m["throughput_rps"], r["throughput_rps"]),
+                        "p50": _ratio(m["p50_ms"], r["p50_ms"]),
+                        "p99": _ratio(m["p99_ms"], r["p99_ms"]),
+                        "hit": f"{m['hit_rate']} vs {r['hit_rate']}",
+                        "startup": f"{m['startup_s']} vs {r['startup_s']} "
+                                   f"({r.get('startup_with_init_s')} with ray.init)"}
+                       for m, r in pairs],
+                      (("mode, max_ongoing", "where"), ("throughput x", "tput"),
+                       ("p50 ratio", "p50"), ("p99 ratio", "p99"), ("hit rate", "hit"),
+                       ("startup s (modelplex vs Ray)", "startup"))), ""]
+    over = results.get("overhead", [])
+    if over:
+        out += ["### No-op overhead", "", table(over, OVERHEAD_COLUMNS), ""]
+        ratios = []
+        for via in ("http", "handle"):
+            mine = _find(over, system="modelplex", backend="local", via=via)
+            ray = _find(over, system="ray", via=via)
+            floor = _find(over, system="uvicorn")
+            if mine and ray:
+                ratios.append(f"modelplex/Ray via {via}: "
+                              f"{_ratio(mine['throughput_rps'], ray['throughput_rps'])}x")
+            if mine and floor and via == "http":
+                ratios.append("modelplex/bare uvicorn via http: "
+                              f"{_ratio(mine['throughput_rps'], floor['throughput_rps'])}x")
+        out += ["; ".join(ratios), ""]
+    sweep = results.get("sweep", {})
+    if sweep.get("rows"):
+        cols = (("policy", "policy"), ("K", "slots"), ("hit rate", "hit_rate"),
+                ("p99 ms", "p99_ms"), ("req/s", "throughput_rps"), ("loads", "loads"),
+                ("dup loads", "duplicate_loads"), ("used after evict", "uses_after_evict"))
+        out += [f"### Slots sweep (emulated, max_ongoing {sweep['max_ongoing']})", "",
+                table(sweep["rows"], cols), ""]
+        ref_rows = [{"slots": k, **v} for k, v in sorted(sweep["references"].items(),
+                                                          key=lambda kv: int(kv[0]))]
+        out += [table(ref_rows, (("K", "slots"), ("global LRU", "global_lru"),
+                                 ("Belady", "belady"), ("static top-K", "static_top_k"))), ""]
+    checks = check_targets(results)
+    if checks:
+        mark = {True: "met", False: "MISSED", None: "not measured"}
+        out += ["### Targets", "",
+                table([{**c, "met": mark[c["met"]]} for c in checks],
+                      (("target", "target"), ("measured", "value"), ("", "met"))), ""]
+    for note in results.get("notes", []):
+        out.append(f"- {note}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        print(summary(json.load(f)))
+
+
+if __name__ == "__main__":
+    main()
