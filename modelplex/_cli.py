@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--ray-address",
         metavar="ADDRESS",
-        help="run replicas on the Ray cluster at ADDRESS ('auto' finds the local one; "
-        "'local' starts a Ray on this machine)",
+        help="run replicas on the Ray cluster at ADDRESS (Ray's address: 'auto' joins the "
+        "cluster this node belongs to, 'local' starts a new Ray on this machine)",
     )
     run.add_argument("--proxy-location", choices=["head_node", "every_node"], default="head_node")
     args = parser.parse_args(argv)
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     app = _load(args.target)
     cluster = {}
     if args.ray_address is not None:
-        address = None if args.ray_address == "local" else args.ray_address
-        cluster = {"cluster": "ray", "address": address}
+        cluster = {"cluster": "ray", "address": args.ray_address}
     serve.start(
         http_options={"host": args.host, "port": args.port},
         proxy_location=args.proxy_location,

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import random
+import signal
 import string
 import sys
 from dataclasses import dataclass, field
@@ -352,13 +353,15 @@ class Controller:
         if not replica.ready.done():
             replica.ready.set_exception(
                 DeploymentFailedError(
-                    deployment.id.name, f"replica {replica.replica_id} exited with code {code}"
+                    deployment.id.name, f"replica {replica.replica_id} {_how_it_ended(replica.process, code)}"
                 )
             )
             replica.ready.exception()  # mark retrieved
         if replica.stopping or self._closed:
             return
-        logger.warning("Replica %s died (exit code %s); replacing it.", replica.replica_id, code)
+        logger.warning(
+            "Replica %s %s; replacing it.", replica.replica_id, _how_it_ended(replica.process, code)
+        )
         deployment.replicas.pop(replica.replica_id, None)
         await self._notify(deployment.id)
         if deployment.live and self._published.get(deployment.id) is deployment:
@@ -489,3 +492,16 @@ class Controller:
                 return
             except (ConnectionClosed, OSError):
                 return
+
+
+def _how_it_ended(process: ReplicaProcess, code: int | None) -> str:
+    """"exited with code 1", "was killed by SIGKILL", or the backend's own account."""
+    reason = getattr(process, "exit_reason", None)
+    if reason:
+        return reason
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exited with code {code}"

@@ -60,5 +60,6 @@ def configure_driver_logging() -> None:
         logging.Formatter("%(levelname)s %(asctime)s modelplex %(filename)s:%(lineno)d - %(message)s")
     )
     driver.addHandler(handler)
-    driver.setLevel(logging.INFO)
+    if driver.level == logging.NOTSET:  # keep a level the application chose
+        driver.setLevel(logging.INFO)
     driver.propagate = False

@@ -62,6 +62,9 @@ class ProxyInfo:
 
 class ReplicaProcess(Protocol):
     replica_id: str
+    # Set by ``wait`` when the backend knows more than an exit code ("ended with its Ray
+    # actor (...)"); the controller puts it in the log line and in DeploymentFailedError.
+    exit_reason: str | None
 
     @property
     def pid(self) -> int | None: ...

@@ -22,6 +22,7 @@ class LocalReplicaProcess:
     def __init__(self, replica_id: str, proc: asyncio.subprocess.Process) -> None:
         self.replica_id = replica_id
         self._proc = proc
+        self.exit_reason: str | None = None  # the exit code says it all
 
     @property
     def pid(self) -> int | None:

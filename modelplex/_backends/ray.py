@@ -18,8 +18,6 @@ from typing import Any
 
 from . import ProxyInfo, ProxySpec, ReplicaSpec
 
-logger = logging.getLogger("modelplex.backend")
-
 # Actors belong to the driver that created them (not detached), so Ray stops them when the
 # driver goes away, the cluster's equivalent of the local backend's stdin pipe.
 _NAMESPACE = "modelplex"
@@ -61,6 +59,7 @@ class RayReplicaProcess:
         self.replica_id = replica_id
         self._actor = actor
         self._done = done  # the ObjectRef of run(): ready when the replica ends or its actor dies
+        self.exit_reason: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -70,7 +69,10 @@ class RayReplicaProcess:
         try:
             return await self._done
         except Exception as exc:  # RayActorError and kin: the actor, its worker or node died
-            logger.info("Replica %s: %s", self.replica_id, type(exc).__name__)
+            detail = str(exc).strip().splitlines()
+            self.exit_reason = f"ended with its Ray actor ({type(exc).__name__}: " + (
+                f"{detail[0][:300]})" if detail else "no detail)"
+            )
             return None
 
     def kill(self) -> None:

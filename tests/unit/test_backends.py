@@ -92,3 +92,34 @@ def test_cli_rejects_a_bad_proxy_location(capsys):
     with pytest.raises(SystemExit):
         cli_main(["run", "m:app", "--proxy-location", "nowhere"])
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_how_a_replica_ended_is_said_plainly():
+    from types import SimpleNamespace
+
+    from modelplex._controller import _how_it_ended
+
+    plain = SimpleNamespace(exit_reason=None)
+    assert _how_it_ended(plain, 1) == "exited with code 1"
+    assert _how_it_ended(plain, -9) == "was killed by SIGKILL"
+    assert _how_it_ended(plain, None) == "exited with code None"
+    told = SimpleNamespace(exit_reason="ended with its Ray actor (ActorDiedError: node gone)")
+    assert _how_it_ended(told, None) == told.exit_reason
+
+
+def test_driver_logging_keeps_a_level_the_application_set():
+    import logging
+
+    from modelplex._logging import configure_driver_logging
+
+    driver = logging.getLogger("modelplex")
+    saved = (driver.handlers[:], driver.level, driver.propagate)
+    driver.handlers.clear()
+    driver.setLevel(logging.WARNING)
+    try:
+        configure_driver_logging()
+        assert driver.level == logging.WARNING
+    finally:
+        driver.handlers[:] = saved[0]
+        driver.setLevel(saved[1])
+        driver.propagate = saved[2]
