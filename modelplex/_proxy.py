@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
-import secrets
+import random
 import socket
 from urllib.parse import parse_qsl
 from typing import Any, Awaitable, Callable
@@ -28,6 +28,13 @@ from ._model_ids import model_id_from_headers
 from ._router import RouterRegistry
 
 logger = logging.getLogger("modelplex.proxy")
+
+# Request ids only tie log lines together; they need not be secret, so no system call per request.
+_ids = random.Random()
+
+
+def _trace_id() -> str:
+    return "%010x" % _ids.getrandbits(40)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -122,7 +129,7 @@ class ProxyApp:
         root_path = scope.get("root_path", "") + ("" if prefix == "/" else prefix.rstrip("/"))
         request = request_from_scope(scope, body, root_path)
         call = self._registry.router(ingress).call(
-            "__call__", model_id=model_id, http=request, trace_id=secrets.token_hex(5)
+            "__call__", model_id=model_id, http=request, trace_id=_trace_id()
         )
         # A client that goes away cancels its request, down to the replica's task.
         watcher = asyncio.get_running_loop().create_task(

@@ -14,6 +14,7 @@ import uvloop
 
 from modelplex._transport import (
     MAGIC,
+    MAX_FRAME_BYTES,
     AuthenticationError,
     Connection,
     ConnectionClosed,
@@ -21,6 +22,7 @@ from modelplex._transport import (
     new_secret,
     start_server,
 )
+from modelplex._transport import _frame
 
 SECRET = new_secret()
 
@@ -141,6 +143,40 @@ async def test_large_payload():
     try:
         await conn.send(blob)
         assert await conn.recv() == blob
+    finally:
+        conn.close()
+        await server.close()
+
+
+async def test_classes_of_main_travel_by_value(monkeypatch):
+    """The peer's ``__main__`` is another module: such objects must not go by reference."""
+    import sys
+
+    class Job:
+        def __init__(self, n):
+            self.n = n
+
+    Job.__module__ = "__main__"
+    Job.__qualname__ = "Job"
+    monkeypatch.setattr(sys.modules["__main__"], "Job", Job, raising=False)
+    header, data = _frame(Job(3), MAX_FRAME_BYTES)
+    assert int.from_bytes(header, "big") == len(data)
+    monkeypatch.delattr(sys.modules["__main__"], "Job")  # as in a peer process
+    assert pickle.loads(data).n == 3
+
+
+async def test_frames_of_one_turn_leave_in_one_write():
+    server = await start_server(echo, secret=SECRET)
+    conn = await connect(server.address, secret=SECRET)
+    writes = []
+    real_write = conn._transport.write
+    conn._transport.write = lambda data: (writes.append(len(data)), real_write(data))
+    try:
+        for i in range(10):
+            conn.send_nowait(i)
+        assert writes == []  # queued until the end of this turn of the loop
+        assert [await conn.recv() for _ in range(10)] == list(range(10))
+        assert len(writes) == 1
     finally:
         conn.close()
         await server.close()
