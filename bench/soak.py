@@ -207,7 +207,8 @@ def overload(args, url: str, ids: list[str]) -> dict:
         "offered_rps": round(rate, 1),
         **stats,
         "proxy_rss_mb": {"start": samples[0] if samples else None, "max": max(samples, default=None),
-                         "end": samples[-1] if samples else None},
+                         "end": samples[-1] if samples else None,
+                         "every_5s": samples[::5]},
     }
 
 
