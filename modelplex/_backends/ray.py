@@ -18,8 +18,7 @@ from typing import Any
 
 from . import ProxyInfo, ProxySpec, ReplicaSpec
 
-# Actors belong to the driver that created them (not detached), so Ray stops them when the
-# driver goes away, the cluster's equivalent of the local backend's stdin pipe.
+# The Ray namespace of a Ray that modelplex starts itself.
 _NAMESPACE = "modelplex"
 
 
@@ -102,6 +101,9 @@ class RayBackend:
         self.listen_host = ray.util.get_node_ip_address()
         self.node_id = ray.get_runtime_context().get_node_id()
         self._proxy_location = proxy_location
+        # Not detached: actors belong to this driver, so Ray stops them when it goes away (the
+        # cluster's counterpart of the local backend's stdin pipe). No restarts: the
+        # controller replaces a dead replica itself, with a new id and a fresh cache.
         self._replica_cls = ray.remote(max_restarts=0, max_task_retries=0)(_ReplicaActor)
         self._proxy_cls = ray.remote(num_cpus=0, max_restarts=0)(_ProxyActor)
         self._proxies: list[Any] = []
