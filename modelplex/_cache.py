@@ -325,6 +325,14 @@ class ModelCache:
         if not self._draining and self._drained is not None:
             self._drained.set()
 
+    def touch(self, model_id: str) -> None:
+        """Requests for ``model_id`` are waiting elsewhere for this replica: make it the most
+        recently used, as if they had run. Recency only: frequency counts real requests."""
+        entry = self._loaded.get(model_id)
+        if entry is not None:
+            entry.last_used = self._clock()
+            self._loaded[model_id] = self._loaded.pop(model_id)
+
     def _touch(self, entry: _Entry) -> None:
         entry.last_used = self._clock()
         entry.hits += 1

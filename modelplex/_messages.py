@@ -1,7 +1,7 @@
 """Messages between processes: small frozen dataclasses with named fields.
 
 Data plane (router <-> replica, one connection per pair):
-    Call -> Result; Cancel; ModelsUpdate pushed by the replica on every cache change.
+    Call -> Result; Cancel; Touch; ModelsUpdate pushed by the replica on every cache change.
 Control plane (replica <-> controller, handle routers -> controller):
     ReplicaReady / ReplicaStartFailed; StopReplica -> ReplicaStopped;
     WatchReplicas -> ReplicaSet (long poll); WatchRoutes -> RouteTable (long poll, for proxies
@@ -65,6 +65,13 @@ class Result:
 @dataclass(frozen=True)
 class Cancel:
     request_id: int
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Requests for ``model_id`` wait at a router for this busy replica: count it as used."""
+
+    model_id: str
 
 
 @dataclass(frozen=True)

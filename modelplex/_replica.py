@@ -15,6 +15,7 @@ import pickle
 import struct
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -41,12 +42,16 @@ from ._messages import (
     ReplicaStopped,
     Result,
     StopReplica,
+    Touch,
 )
 from ._remote import RemoteDirectory
 from ._router import RouterRegistry, install_registry
 from ._transport import Connection, ConnectionClosed, connect, start_server
 
 logger = logging.getLogger("modelplex.replica")
+
+# A Touch keeps its model wanted this long; routers repeat it while requests still wait.
+_AWAITED_S = 0.2
 
 
 class Replica:
@@ -66,6 +71,8 @@ class Replica:
         # on the control loop only; caches read a copy (on the user loop) to prefer other
         # victims, so a request already on its way never finds its model just unloaded.
         self.wanted: dict[str, int] = {}
+        # model id -> until when a router's Touch counts it as wanted (user loop only).
+        self.awaited: dict[str, float] = {}
         self.idle = asyncio.Event()
         self.idle.set()
         self.models_version = 0
@@ -142,8 +149,17 @@ class Replica:
         cache.wanted = self._wanted
         self._models_changed()
 
+    def _touch(self, model_id: str) -> None:  # on the user loop, which owns the caches
+        for cache in self.caches:
+            cache.touch(model_id)
+        self.awaited[model_id] = time.monotonic() + _AWAITED_S
+
     def _wanted(self) -> frozenset[str]:
-        return frozenset(dict(self.wanted))  # dict() copies atomically under the GIL
+        """Models that requests here, or queued for here at a router, are about to use."""
+        now = time.monotonic()
+        for model_id in [m for m, until in self.awaited.items() if until < now]:
+            del self.awaited[model_id]
+        return frozenset(dict(self.wanted)) | frozenset(self.awaited)  # dict() copies atomically
 
     def _models_changed(self) -> None:
         update = self._models_update()
@@ -185,6 +201,8 @@ class Replica:
                     running = self.running.get((id(conn), message.request_id))
                     if running is not None:
                         running.cancel()
+                elif isinstance(message, Touch):
+                    self.user.loop.call_soon_threadsafe(self._touch, message.model_id)
         except ConnectionClosed:
             pass
         finally:

@@ -27,6 +27,7 @@ from ._messages import (
     DeploymentID,
     HTTPRequest,
     ModelsUpdate,
+    Touch,
     ReplicaInfo,
     ReplicaSet,
     Result,
@@ -38,6 +39,8 @@ from ._transport import Connection, ConnectionClosed, connect
 logger = logging.getLogger("modelplex.router")
 
 _TICK_S = 0.01
+# How often a router reminds a busy holder that requests wait for one of its models.
+_REMIND_S = 0.05
 _CONNECT_TIMEOUT_S = 5.0
 _SEND_ATTEMPTS = 3
 
@@ -66,6 +69,7 @@ class _Replica:
         self.loaded: dict[str, float] = {}
         self.loading: frozenset[str] = frozenset()
         self.sent_loads: dict[str, int] = {}  # model id -> requests sent that will load it
+        self.reminded: dict[str, float] = {}  # model id -> when we last sent Touch for it
         self.has_room = True
         self.routable = False  # connected and still in the published set
         self.dead = False
@@ -298,6 +302,8 @@ class Router:
             if choice.replica_id is None:
                 if choice.reason is Reason.WAIT_SATURATED and waiting.model_id:
                     self._spill.add(waiting.model_id, now - waiting.last_seen, now)
+                if choice.reason in (Reason.WAIT_SATURATED, Reason.WAIT_LOADING):
+                    self._remind(waiting.model_id, now)
                 waiting.last_seen = now
                 still.append(waiting)
                 continue
@@ -307,6 +313,22 @@ class Router:
             replica = self._replicas[choice.replica_id]
             waiting.future.set_result(self._reserve(replica, waiting.model_id))
         self._queue = still
+
+    def _remind(self, model_id: str, now: float) -> None:
+        """Requests for ``model_id`` wait on its busy holders: tell them, so that their LRU
+        does not drop a model in demand because its requests are queued here, not running."""
+        for replica in self._replicas.values():
+            if not replica.routable or replica.conn is None or model_id not in replica.loaded:
+                continue
+            if now - replica.reminded.get(model_id, -_REMIND_S) < _REMIND_S:
+                continue
+            if len(replica.reminded) > 1024:
+                replica.reminded.clear()
+            replica.reminded[model_id] = now
+            try:
+                replica.conn.send_nowait(Touch(model_id))
+            except (ConnectionClosed, OSError):
+                pass  # the reader notices and fails the replica
 
     async def _tick(self) -> None:
         try:

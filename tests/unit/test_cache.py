@@ -1107,3 +1107,13 @@ async def test_wanted_applies_to_the_byte_budget_too(make):
     for model_id in ["a", "b", "c"]:
         await cache.get(model_id)
     assert cache.loaded_ids() == ("a", "c")
+
+
+async def test_touch_makes_a_model_most_recently_used(make):
+    cache, loader = make(max_models=2)
+    await cache.get("1")
+    await cache.get("2")
+    cache.touch("1")  # requests for 1 wait at a router for this replica
+    cache.touch("unknown")  # not loaded: nothing to do
+    await cache.get("3")
+    assert cache.loaded_ids() == ("1", "3")

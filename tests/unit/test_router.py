@@ -16,6 +16,7 @@ from modelplex._messages import (
     ReplicaInfo,
     ReplicaSet,
     Result,
+    Touch,
 )
 from modelplex._router import Router
 from modelplex._routing import rendezvous_order
@@ -94,3 +95,45 @@ async def test_the_retries_are_bounded(make_router):
         break_writes(router, name)
     with pytest.raises(ReplicaDiedError, match="connection lost"):
         await asyncio.wait_for(router.call("__call__", model_id="m"), 5)
+
+
+async def test_requests_waiting_on_a_busy_holder_remind_it_of_their_model():
+    """The holder's LRU must see demand that is queued at the router, not only what runs."""
+    release = asyncio.Event()
+    touches: list[str] = []
+
+    async def holder(conn):
+        conn.send_nowait(ModelsUpdate("h", 1, {"m": 0.5}, (), True))
+        while True:
+            message = await conn.recv()
+            if isinstance(message, Touch):
+                touches.append(message.model_id)
+            elif isinstance(message, Call):
+                asyncio.ensure_future(answer_when_released(conn, message))
+
+    async def answer_when_released(conn, call):
+        await release.wait()
+        conn.send_nowait(Result(call.request_id, True, pickle.dumps("h")))
+
+    server = await start_server(holder, secret=SECRET)
+    router = Router(
+        DEPLOYMENT,
+        Directory([ReplicaInfo("h", server.address, 1)]),  # one slot: the second call waits
+        secret=SECRET,
+    )
+    try:
+        await router.wait_ready(timeout_s=5)
+        first = asyncio.ensure_future(router.call("__call__", model_id="m"))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(router.call("__call__", model_id="m"))
+        for _ in range(100):
+            if touches:
+                break
+            await asyncio.sleep(0.01)
+        assert touches and set(touches) == {"m"}
+        assert len(touches) <= 4  # rate-limited, not one per tick
+        release.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), 5) == ["h", "h"]
+    finally:
+        await router.close()
+        await server.close()
