@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
+import time
 
 import pytest
 import requests
@@ -172,6 +174,30 @@ def test_failing_constructor_makes_run_raise(serve_instance):
         serve.run(Broken.bind())
     serve.run(Echo.bind())  # the runtime is still healthy
     assert requests.get(serve_instance.url).status_code == 200
+
+
+def test_shutdown_ends_a_run_stuck_in_a_constructor(serve_instance):
+    @serve.deployment
+    class Stuck:
+        def __init__(self):
+            time.sleep(3600)
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve.run(Stuck.bind())
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, it must end the call
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.0)  # the replica is up and inside __init__
+    started = time.monotonic()
+    serve.shutdown()
+    assert time.monotonic() - started < 30
+    thread.join(10)
+    assert not thread.is_alive() and outcome
 
 
 def test_function_deployment(serve_instance):
