@@ -16,6 +16,7 @@ import signal
 import string
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ._backends import Backend, ReplicaProcess, ReplicaSpec
 from ._config import DeploymentConfig
@@ -119,16 +120,7 @@ class Controller:
 
     async def watch_routes(self, known_version: int) -> RouteTable:
         """Return the route table once its version differs from ``known_version``."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(
-                        lambda: self._routes_version != known_version or self._closed
-                    ),
-                    _WATCH_TIMEOUT_S,
-                )
-            except asyncio.TimeoutError:
-                pass
+        await self._long_poll(lambda: self._routes_version != known_version)
         return RouteTable(self._routes_version, self.routes())
 
     async def _routes_changed(self) -> None:
@@ -263,18 +255,19 @@ class Controller:
 
     async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet:
         """Return the replica set once its version differs from ``known_version``."""
+        await self._long_poll(lambda: self._versions.get(deployment_id, 0) != known_version)
+        return self.replica_set(deployment_id)
+
+    async def _long_poll(self, changed: Callable[[], bool]) -> None:
+        """Return once ``changed()`` holds, the controller closes, or the poll times out (the
+        watcher then asks again, which also tells a dead watcher from a quiet one)."""
         async with self._changed:
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(
-                        lambda: self._versions.get(deployment_id, 0) != known_version
-                        or self._closed
-                    ),
-                    _WATCH_TIMEOUT_S,
+                    self._changed.wait_for(lambda: changed() or self._closed), _WATCH_TIMEOUT_S
                 )
             except asyncio.TimeoutError:
                 pass
-        return self.replica_set(deployment_id)
 
     async def _notify(self, *deployment_ids: DeploymentID) -> None:
         async with self._changed:

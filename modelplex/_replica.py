@@ -224,11 +224,7 @@ class Replica:
         self.running.pop(key, None)
         self.ongoing -= 1
         if call.model_id:
-            left = self.wanted.get(call.model_id, 1) - 1
-            if left > 0:
-                self.wanted[call.model_id] = left
-            else:
-                self.wanted.pop(call.model_id, None)
+            _decrement(self.wanted, call.model_id)
         if self.ongoing == 0:
             self.idle.set()
         if conn.closed:
@@ -310,6 +306,13 @@ def _failure(request_id: int, exc: BaseException, tb: str = "") -> Result:
 async def _construct(cls: type, args: tuple, kwargs: dict) -> Any:
     # Constructed on the user loop so __init__ can use asyncio (create tasks, get the loop).
     return cls(*args, **kwargs)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    if counts.get(key, 1) <= 1:
+        counts.pop(key, None)
+    else:
+        counts[key] -= 1
 
 
 def _watch_parent(stdin: Any) -> None:

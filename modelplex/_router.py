@@ -353,11 +353,10 @@ class Router:
         replica = slot.replica
         replica.ongoing -= 1
         if slot.loads:
-            left = replica.sent_loads.get(slot.model_id, 1) - 1
-            if left > 0:
-                replica.sent_loads[slot.model_id] = left
-            else:
+            if replica.sent_loads.get(slot.model_id, 1) <= 1:
                 replica.sent_loads.pop(slot.model_id, None)
+            else:
+                replica.sent_loads[slot.model_id] -= 1
 
     async def _send(
         self, slot: "_Slot", method: str, payload: bytes, http: HTTPRequest | None, trace_id: str
