@@ -7,6 +7,7 @@ routers run, so the user's thread stays plain synchronous Python. ``serve.run`` 
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -30,6 +31,8 @@ from ._router import RouterRegistry, install_registry
 from ._transport import new_secret
 
 logger = logging.getLogger("modelplex")
+
+_PROXY_REFRESH_S = 5.0
 
 
 def _default_log_dir() -> str:
@@ -55,6 +58,7 @@ class Runtime:
         self._secret = new_secret()
         self.backend = backend or make_backend(self.cluster)
         self.proxies: list[ProxyInfo] = []
+        self._follow_task: asyncio.Task | None = None
         self._thread = LoopThread("modelplex-driver")
         self.controller = Controller(self.backend, secret=self._secret, log_dir=self.log_dir)
         self.registry = RouterRegistry(self._thread.loop, self.controller, self._secret)
@@ -82,6 +86,18 @@ class Runtime:
             self.proxies = [ProxyInfo(self.backend.node_id, self.http_options.host, self.proxy.port)]
             spec = ProxySpec(self.controller.address, self._secret, self.http_options)
             self.proxies += await self.backend.start_proxies(spec)
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow_nodes())
+
+    async def _follow_nodes(self) -> None:
+        """Keep one proxy per node as nodes join and leave (a no-op on one machine)."""
+        while True:
+            await asyncio.sleep(_PROXY_REFRESH_S)
+            try:
+                others = await self.backend.refresh_proxies()
+            except Exception:
+                logger.exception("Could not refresh the node proxies.")
+                continue
+            self.proxies = self.proxies[:1] + others
 
     @property
     def http_port(self) -> int | None:
@@ -107,6 +123,9 @@ class Runtime:
             self._thread.stop()
 
     async def _shutdown(self) -> None:
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            await asyncio.gather(self._follow_task, return_exceptions=True)
         if self.proxy is not None:
             await self.proxy.stop()
         await self.registry.close()

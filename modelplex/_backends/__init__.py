@@ -88,6 +88,9 @@ class Backend(Protocol):
     async def start_proxies(self, spec: ProxySpec) -> list[ProxyInfo]:
         """Start the proxies beyond the driver's own (one per other node); [] when there are none."""
 
+    async def refresh_proxies(self) -> list[ProxyInfo]:
+        """Those proxies now, after following nodes that joined or left (called periodically)."""
+
     async def close(self) -> None: ...
 
 

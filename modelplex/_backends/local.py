@@ -68,5 +68,8 @@ class LocalBackend:
     async def start_proxies(self, spec: ProxySpec) -> list[ProxyInfo]:
         return []  # one machine: the driver's proxy is the only one
 
+    async def refresh_proxies(self) -> list[ProxyInfo]:
+        return []
+
     async def close(self) -> None:
         return None

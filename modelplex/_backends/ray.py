@@ -21,6 +21,8 @@ from . import ProxyInfo, ProxySpec, ReplicaSpec
 # The Ray namespace of a Ray that modelplex starts itself.
 _NAMESPACE = "modelplex"
 
+logger = logging.getLogger("modelplex.backend")
+
 
 class _ReplicaActor:
     """Hosts one replica; ``run`` returns its exit code when the replica ends."""
@@ -106,7 +108,8 @@ class RayBackend:
         # controller replaces a dead replica itself, with a new id and a fresh cache.
         self._replica_cls = ray.remote(max_restarts=0, max_task_retries=0)(_ReplicaActor)
         self._proxy_cls = ray.remote(num_cpus=0, max_restarts=0)(_ProxyActor)
-        self._proxies: list[Any] = []
+        self._proxy_spec: ProxySpec | None = None
+        self._node_proxies: dict[str, tuple[Any, ProxyInfo]] = {}  # node id -> (actor, info)
 
     async def start(self, spec: ReplicaSpec) -> RayReplicaProcess:
         # Validated when the deployment was declared; spread replicas as Ray Serve does.
@@ -117,37 +120,66 @@ class RayBackend:
     async def start_proxies(self, spec: ProxySpec) -> list[ProxyInfo]:
         if self._proxy_location != "every_node":
             return []
+        self._proxy_spec = spec
+        failures = await self._start_node_proxies(self._other_nodes())
+        if failures:
+            node, cause = failures[0]
+            raise RuntimeError(f"cannot start the HTTP proxy on node {node}: {cause}")
+        return [info for _, info in self._node_proxies.values()]
+
+    async def refresh_proxies(self) -> list[ProxyInfo]:
+        """Follow the cluster: a proxy for each node that joined, none for nodes that left."""
+        if self._proxy_spec is None:
+            return []
+        alive = self._other_nodes()
+        for node in [n for n in self._node_proxies if n not in alive]:
+            actor, _ = self._node_proxies.pop(node)
+            self._kill(actor)
+        for node, cause in await self._start_node_proxies(
+            [n for n in alive if n not in self._node_proxies]
+        ):
+            logger.warning("Cannot start the HTTP proxy on node %s yet: %s", node, cause)
+        return [info for _, info in self._node_proxies.values()]
+
+    def _other_nodes(self) -> list[str]:
+        return [n["NodeID"] for n in self._ray.nodes() if n["Alive"] and n["NodeID"] != self.node_id]
+
+    async def _start_node_proxies(self, nodes: list[str]) -> list[tuple[str, BaseException]]:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        nodes = [
-            n["NodeID"] for n in self._ray.nodes() if n["Alive"] and n["NodeID"] != self.node_id
-        ]
         actors = [
             self._proxy_cls.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
             ).remote()
             for node in nodes
         ]
-        self._proxies.extend(actors)
         started = await asyncio.gather(
-            *(actor.start.remote(spec) for actor in actors), return_exceptions=True
+            *(actor.start.remote(self._proxy_spec) for actor in actors), return_exceptions=True
         )
-        for node, result in zip(nodes, started):
+        failures = []
+        for node, actor, result in zip(nodes, actors, started):
             if isinstance(result, BaseException):
-                cause = getattr(result, "cause", None) or result  # unwrap Ray's task error
-                raise RuntimeError(f"cannot start the HTTP proxy on node {node}: {cause}") from None
-        return [ProxyInfo(node, host, port) for node, host, port in started]
+                self._kill(actor)
+                failures.append((node, getattr(result, "cause", None) or result))  # unwrap Ray's
+            else:
+                _, host, port = result
+                self._node_proxies[node] = (actor, ProxyInfo(node, host, port))
+        return failures
+
+    def _kill(self, actor: Any) -> None:
+        try:
+            self._ray.kill(actor, no_restart=True)
+        except Exception:  # already gone
+            pass
 
     async def close(self) -> None:
-        proxies, self._proxies = self._proxies, []
+        proxies = [actor for actor, _ in self._node_proxies.values()]
+        self._node_proxies.clear()
         if proxies:
             stops = [actor.stop.remote() for actor in proxies]
             await asyncio.wait([asyncio.ensure_future(_await(ref)) for ref in stops], timeout=15)
         for actor in proxies:
-            try:
-                self._ray.kill(actor, no_restart=True)
-            except Exception:
-                pass
+            self._kill(actor)
         if self._owns_ray:
             self._ray.shutdown()
 

@@ -168,6 +168,28 @@ def test_a_proxy_that_cannot_listen_is_a_clear_error(cluster):
     serve.shutdown()
 
 
+def test_a_node_that_joins_gets_a_proxy_and_loses_it_when_it_leaves(serving):
+    cluster, _ = serving
+    serve.run(Where.options(name="joined").bind())
+    before = {p.node_id for p in serve.list_proxies()}
+    node = cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE_BYTES)
+    try:
+        [proxy] = wait_until(
+            lambda: [p for p in serve.list_proxies() if p.node_id == node.node_id],
+            timeout=60,
+            message="the new node got no proxy",
+        )
+        resp = requests.get(proxy.url, headers={H: "9"}, timeout=30)
+        assert resp.status_code == 200 and resp.json()["model"] == "9"
+    finally:
+        cluster.remove_node(node)
+    wait_until(
+        lambda: {p.node_id for p in serve.list_proxies()} == before,
+        timeout=60,
+        message="the proxy of a node that left is still listed",
+    )
+
+
 def test_a_lost_node_is_replaced_and_serving_goes_on(serving):
     cluster, (zone_a, zone_b) = serving
     handle = serve.run(
