@@ -330,12 +330,14 @@ class ModelCache:
         recently used, as if they had run. Recency only: frequency counts real requests."""
         entry = self._loaded.get(model_id)
         if entry is not None:
-            entry.last_used = self._clock()
-            self._loaded[model_id] = self._loaded.pop(model_id)
+            self._make_recent(entry)
 
     def _touch(self, entry: _Entry) -> None:
-        entry.last_used = self._clock()
         entry.hits += 1
+        self._make_recent(entry)
+
+    def _make_recent(self, entry: _Entry) -> None:
+        entry.last_used = self._clock()
         self._loaded[entry.model_id] = self._loaded.pop(entry.model_id)  # to the MRU end
 
     def _resurrect(self, entry: _Entry) -> None:

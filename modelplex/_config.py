@@ -158,9 +158,9 @@ PROXY_LOCATIONS = ("head_node", "every_node")
 class ClusterOptions:
     """Where replicas run: processes on this machine ("local"), or actors on a Ray cluster.
 
-    ``address`` is Ray's (``"auto"``, ``"ray://host:10001"``, ...); None means ``RAY_ADDRESS``
-    if set, else a new Ray on this machine. ``proxy_location="every_node"`` adds one HTTP proxy
-    on each other node of the cluster.
+    ``address`` goes to ``ray.init`` as is (``"auto"``, ``"local"``, ``"ray://host:10001"``);
+    None does what a bare ``ray.init()`` does. ``proxy_location="every_node"`` adds one HTTP
+    proxy on each other node of the cluster.
     """
 
     cluster: str = "local"

@@ -319,9 +319,10 @@ class Controller:
     async def _wait_started(self, replica: _Replica, config: DeploymentConfig) -> None:
         """Wait for ReplicaReady, saying so every little while: a replica that no node has
         room for waits in the backend's queue, and the user should hear why."""
-        deadline = asyncio.get_running_loop().time() + _START_TIMEOUT_S
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = started + _START_TIMEOUT_S - loop.time()
             try:
                 await asyncio.wait_for(asyncio.shield(replica.ready), min(_START_WARN_S, remaining))
                 return
@@ -331,7 +332,7 @@ class Controller:
                         config.name, f"replica {replica.replica_id} did not start within "
                         f"{_START_TIMEOUT_S:.0f}s"
                     ) from None
-                waiting = _START_TIMEOUT_S - remaining + _START_WARN_S
+                waiting = loop.time() - started
                 where = (
                     f"; no node may have the resources it asks for ({dict(config.ray_actor_options)})"
                     if config.ray_actor_options else ""

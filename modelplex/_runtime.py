@@ -67,7 +67,10 @@ class Runtime:
         try:
             self._thread.run(self._start())
         except BaseException:
-            self._thread.run(self._shutdown(), timeout=60)
+            try:  # undo what started (a backend's Ray, proxies), but report the first error
+                self._thread.run(self._shutdown(), timeout=60)
+            except Exception:
+                logger.exception("Cleaning up after a failed start failed too.")
             self._thread.stop()
             raise
         install_registry(self.registry)
@@ -86,7 +89,8 @@ class Runtime:
             self.proxies = [ProxyInfo(self.backend.node_id, self.http_options.host, self.proxy.port)]
             spec = ProxySpec(self.controller.address, self._secret, self.http_options)
             self.proxies += await self.backend.start_proxies(spec)
-            self._follow_task = asyncio.get_running_loop().create_task(self._follow_nodes())
+            if self.cluster.proxy_location == "every_node":
+                self._follow_task = asyncio.get_running_loop().create_task(self._follow_nodes())
 
     async def _follow_nodes(self) -> None:
         """Keep one proxy per node as nodes join and leave (a no-op on one machine)."""

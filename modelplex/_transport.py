@@ -361,7 +361,7 @@ async def _client_handshake(
 
 
 def _frame(obj: object, limit: int) -> list[bytes]:
-    """The length header and the pickle, as two buffers (written together, never copied).
+    """The length header and the pickle, as two buffers (joined only when the batch is small).
 
     modelplex's own messages are plain data and classes importable everywhere, which the
     standard pickler handles at twice cloudpickle's speed. Anything it cannot ship by

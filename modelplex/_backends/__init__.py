@@ -48,7 +48,7 @@ class ProxySpec:
 
 @dataclass(frozen=True)
 class ProxyInfo:
-    """One HTTP proxy: the driver's own (node "") or one a backend started on another node."""
+    """One HTTP proxy: the driver's own, or one a backend started on another node."""
 
     node_id: str
     host: str
