@@ -1,5 +1,7 @@
 import os
 import socket
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -37,6 +39,32 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_cli(cwd, source: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """Write ``source`` as ``cli_app.py`` in ``cwd`` and run ``modelplex run cli_app:app``;
+    return the process and the first URL it says it serves on (the caller stops it)."""
+    (cwd / "cli_app.py").write_text(source)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelplex._cli", "run", "cli_app:app", *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "serving cli_app:app on " in line:
+            return proc, line.rsplit(" on ", 1)[1].strip()
+    proc.kill()
+    proc.wait()
+    raise AssertionError("the CLI never said it was serving:\n" + "".join(lines))
 
 
 @pytest.fixture

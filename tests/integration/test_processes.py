@@ -10,7 +10,7 @@ import textwrap
 
 import requests
 
-from ..conftest import free_port, pid_alive, wait_until
+from ..conftest import free_port, pid_alive, start_cli, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -107,7 +107,7 @@ def test_replica_logs_reach_console_and_file():
 
 def test_cli_serves_until_interrupted(tmp_path):
     port = free_port()
-    (tmp_path / "cli_app.py").write_text(textwrap.dedent("""
+    source = textwrap.dedent("""
         import modelplex as serve
 
         @serve.deployment
@@ -116,19 +116,10 @@ def test_cli_serves_until_interrupted(tmp_path):
                 return "hello from the cli"
 
         app = Hello.bind()
-    """))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelplex._cli", "run", "cli_app:app", "--port", str(port)],
-        cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    """)
+    proc, url = start_cli(tmp_path, source, "--port", str(port))
     try:
-        for line in proc.stdout:
-            if "serving cli_app:app" in line:
-                break
+        assert url == f"http://127.0.0.1:{port}"
         r = requests.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert r.text == "hello from the cli"
         proc.send_signal(signal.SIGINT)

@@ -176,23 +176,26 @@ def test_failing_constructor_makes_run_raise(serve_instance):
     assert requests.get(serve_instance.url).status_code == 200
 
 
-def test_shutdown_ends_a_run_stuck_in_a_constructor(serve_instance):
+def test_shutdown_ends_a_run_stuck_in_a_constructor(serve_instance, tmp_path):
+    inside = tmp_path / "inside"
+
     @serve.deployment
     class Stuck:
-        def __init__(self):
+        def __init__(self, marker: str):
+            open(marker, "w").close()
             time.sleep(3600)
 
     outcome: list[BaseException] = []
 
     def run() -> None:
         try:
-            serve.run(Stuck.bind())
+            serve.run(Stuck.bind(str(inside)))
         except BaseException as exc:  # noqa: BLE001 - whatever it is, it must end the call
             outcome.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(1.0)  # the replica is up and inside __init__
+    wait_until(inside.exists, timeout=60, message="the replica never reached __init__")
     started = time.monotonic()
     serve.shutdown()
     assert time.monotonic() - started < 30

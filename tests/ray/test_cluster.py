@@ -9,10 +9,7 @@ import concurrent.futures
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 import ray
@@ -21,7 +18,7 @@ from ray.cluster_utils import Cluster
 
 import modelplex as serve
 
-from ..conftest import free_port, wait_until
+from ..conftest import free_port, start_cli, wait_until
 from ..integration.models import make_recorder, read_events
 from .conftest import OBJECT_STORE_BYTES
 
@@ -106,7 +103,7 @@ def test_every_node_has_a_proxy_and_two_proxies_load_a_cold_model_once(serving, 
 def test_cli_points_at_the_cluster(cluster, tmp_path):
     """A second driver joins the running cluster with --ray-address and serves on it."""
     ray_cluster, _ = cluster
-    (tmp_path / "cli_app.py").write_text(
+    source = (
         "import modelplex as serve, ray\n"
         "@serve.deployment(ray_actor_options={'num_cpus': 0.5})\n"
         "class Hello:\n"
@@ -114,24 +111,8 @@ def test_cli_points_at_the_cluster(cluster, tmp_path):
         "        return ray.get_runtime_context().get_node_id()\n"
         "app = Hello.bind()\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelplex._cli", "run", "cli_app:app", "--port", "0",
-         "--ray-address", ray_cluster.address],
-        cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, url = start_cli(tmp_path, source, "--port", "0", "--ray-address", ray_cluster.address)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "serving cli_app:app on " in line:
-                url = line.rsplit(" on ", 1)[1].strip()
-                break
-        else:
-            raise AssertionError("".join(lines))
         node = requests.get(url, timeout=30).text
         assert node in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         proc.send_signal(signal.SIGINT)
@@ -211,7 +192,7 @@ def test_a_lost_node_is_replaced_and_serving_goes_on(serving):
     thread = threading.Thread(target=client)
     thread.start()
     try:
-        time.sleep(0.5)
+        wait_until(lambda: len(outcomes) >= 5, timeout=30, message="the client got no answers")
         cluster.remove_node(zone_b)
         # Both replicas end up on the node that remains.
         wait_until(
