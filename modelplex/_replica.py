@@ -12,6 +12,7 @@ import inspect
 import logging
 import os
 import pickle
+import signal
 import struct
 import sys
 import threading
@@ -360,6 +361,10 @@ def run_replica(spec: ReplicaSpec) -> int:
 
 
 def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group. The driver owns this process's
+    # life (StopReplica, then its stdin closing), so leave the interrupt to it: it drains the
+    # replicas and unloads their models in order instead of every replica dying at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = sys.stdin.buffer
     spec = _read_spec(stdin)
     threading.Thread(target=_watch_parent, args=(stdin,), name="modelplex-parent", daemon=True).start()

@@ -55,6 +55,7 @@ def start_cli(cwd, source: str, *args: str) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     lines = []
     assert proc.stdout is not None

@@ -112,17 +112,26 @@ def test_cli_serves_until_interrupted(tmp_path):
 
         @serve.deployment
         class Hello:
-            def __call__(self, request):
-                return "hello from the cli"
+            @serve.multiplexed(max_num_models_per_replica=2)
+            async def get_model(self, model_id):
+                return model_id
+
+            async def __call__(self, request):
+                return "hello from " + await self.get_model(serve.get_multiplexed_model_id())
 
         app = Hello.bind()
     """)
     proc, url = start_cli(tmp_path, source, "--port", str(port))
     try:
         assert url == f"http://127.0.0.1:{port}"
-        r = requests.get(f"http://127.0.0.1:{port}/", timeout=30)
-        assert r.text == "hello from the cli"
-        proc.send_signal(signal.SIGINT)
+        r = requests.get(url, headers={"serve_multiplexed_model_id": "cli"}, timeout=30)
+        assert r.text == "hello from cli"
+        # Ctrl-C in a terminal signals the whole foreground group, replicas included: the
+        # driver alone handles it, and shuts down in order, unloading the model.
+        os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=30) == 0
+        rest = proc.stdout.read()
+        assert "Unloading model 'cli'." in rest, rest
+        assert "crashed" not in rest and "Traceback" not in rest, rest
     finally:
         proc.kill()
