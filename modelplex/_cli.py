@@ -52,11 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     cluster = {}
     if args.ray_address is not None:
         cluster = {"cluster": "ray", "address": args.ray_address}
-    serve.start(
-        http_options={"host": args.host, "port": args.port},
-        proxy_location=args.proxy_location,
-        **cluster,
-    )
+    try:
+        serve.start(
+            http_options={"host": args.host, "port": args.port},
+            proxy_location=args.proxy_location,
+            **cluster,
+        )
+    except serve.PortInUseError as exc:  # the first thing a new user meets: one line, no traceback
+        print(
+            f'modelplex: port {exc.port} is in use (pass --port or http_options={{"port": ...}})',
+            file=sys.stderr,
+        )
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -11,6 +11,7 @@
     ├── BackPressureError           503: queue full; carries `queued` and `limit`
     ├── RequestTimeoutError (TimeoutError)     504: no answer within the request timeout
     ├── RouteNotFoundError          404: no application at that route prefix
+    ├── PortInUseError (OSError)    the HTTP port is taken; carries `host` and `port`
     └── RemoteError                 an exception from a replica that could not travel as itself
 
 An exception raised by user code in a replica is raised again in the caller as its own type
@@ -18,6 +19,8 @@ when it can be pickled, with the remote traceback attached as its ``__cause__``.
 """
 
 from __future__ import annotations
+
+import errno
 
 __all__ = [
     "BackPressureError",
@@ -28,6 +31,7 @@ __all__ = [
     "ModelLoadTimeoutError",
     "ModelTooLargeError",
     "ModelplexError",
+    "PortInUseError",
     "RemoteError",
     "ReplicaDiedError",
     "RequestTimeoutError",
@@ -159,6 +163,25 @@ class RequestTimeoutError(ModelplexError, TimeoutError):
 
 class RouteNotFoundError(ModelplexError):
     http_status = 404
+
+
+class PortInUseError(ModelplexError, OSError):
+    """An ``OSError`` too, so code that caught the bind error as one still does."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"Port {port} on {host} is in use: stop what listens there, or pass "
+            f"http_options={{'port': ...}} with a free port (0 picks one).",
+        )
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 98]"
+        return self.strerror
+
+    def __reduce__(self):
+        return (type(self), (self.host, self.port))
 
 
 class RemoteError(ModelplexError):

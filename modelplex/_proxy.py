@@ -8,6 +8,7 @@ from a client and drops client headers that the internal channel reserves.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
 import logging
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from ._config import HTTPOptions
 from ._errors import ModelplexError, RequestTimeoutError, RouteNotFoundError, http_status_for
+from ._errors import PortInUseError
 from ._http import request_from_scope
 from ._management import ModelManager, status_dicts
 from ._messages import DeploymentID, HTTPResult
@@ -296,6 +298,8 @@ class Proxy:
             sock.bind((self._options.host, self._options.port))
         except OSError as exc:
             sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(self._options.host, self._options.port) from None
             raise OSError(
                 exc.errno,
                 f"cannot listen on {self._options.host}:{self._options.port}: {exc.strerror}",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import requests
 
 from ..conftest import free_port, pid_alive, start_cli, wait_until
@@ -135,3 +137,83 @@ def test_cli_serves_until_interrupted(tmp_path):
         assert "crashed" not in rest and "Traceback" not in rest, rest
     finally:
         proc.kill()
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes in process group ``pgid``, read from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def test_cli_on_a_busy_port_says_so_in_one_line(tmp_path):
+    (tmp_path / "cli_app.py").write_text(textwrap.dedent("""
+        import modelplex as serve
+
+        @serve.deployment
+        class Hello:
+            async def __call__(self, request):
+                return "hello"
+
+        app = Hello.bind()
+    """))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelplex._cli", "run", "cli_app:app", "--port", str(port)],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=ROOT),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: we can see what it leaves behind
+        )
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert (proc.returncode, out) == (1, ""), (out, err)
+    assert err == f'modelplex: port {port} is in use (pass --port or http_options={{"port": ...}})\n'
+    assert _group_members(proc.pid) == []
+
+
+def _children() -> set[int]:
+    children: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            children.update(int(pid) for pid in f.read().split())
+    return {pid for pid in children if pid_alive(pid)}
+
+
+def test_start_on_a_busy_port_raises_port_in_use_and_leaves_nothing_running():
+    import threading
+
+    import modelplex as serve
+    from modelplex import _runtime
+
+    threads, children = set(threading.enumerate()), _children()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(serve.PortInUseError) as info:
+            serve.start(http_options={"port": port})
+    error = info.value
+    assert isinstance(error, OSError) and isinstance(error, serve.ModelplexError)
+    assert (error.port, error.host) == (port, "127.0.0.1")
+    assert f"Port {port} " in str(error)
+    assert _runtime.current_runtime() is None
+    assert set(threading.enumerate()) <= threads  # the driver loop's thread stopped
+    assert _children() <= children
+    serve.start(http_options={"port": free_port()})  # nothing half-started in the way
+    serve.shutdown()

@@ -27,6 +27,7 @@ EXPORTED = {
     "ModelStatus",
     "ModelTooLargeError",
     "ModelplexError",
+    "PortInUseError",
     "ProxyInfo",
     "RemoteError",
     "ReplicaDiedError",
