@@ -180,3 +180,25 @@ class ClusterOptions:
                 f"proxy_location must be one of {', '.join(map(repr, PROXY_LOCATIONS))}, "
                 f"got {self.proxy_location!r}"
             )
+
+
+LOG_RUNS_ENV = "MODELPLEX_LOG_RUNS"
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """How many runs keep their replica log folders, this run included (``MODELPLEX_LOG_RUNS``)."""
+
+    keep_runs: int = 10
+
+    def __post_init__(self) -> None:
+        _int("keep_runs", self.keep_runs, minimum=1)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "LogOptions":
+        raw = environ.get(LOG_RUNS_ENV, "").strip()
+        if not raw:
+            return cls()
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"{LOG_RUNS_ENV} must be a whole number >= 1, got {raw!r}")
+        return cls(int(raw))

@@ -11,19 +11,18 @@ import asyncio
 import atexit
 import logging
 import os
-import tempfile
 import threading
-import time
 from typing import Any
 
 import cloudpickle
 
 from ._aio import LoopThread
 from ._backends import Backend, ProxyInfo, ProxySpec, make_backend
-from ._config import ClusterOptions, HTTPOptions
+from ._config import ClusterOptions, HTTPOptions, LogOptions
 from ._controller import Controller, DeploymentSpec
 from ._deployment import Application, Deployment
 from ._handle import DeploymentHandle
+from ._log_dirs import new_session_dir
 from ._logging import configure_driver_logging
 from ._management import ModelManager
 from ._proxy import Proxy, ProxyApp
@@ -35,13 +34,6 @@ logger = logging.getLogger("modelplex")
 _PROXY_REFRESH_S = 5.0
 
 
-def _default_log_dir() -> str:
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    # Not "<tmp>/modelplex": run from the temp dir, that folder would shadow the package.
-    session = f"session_{stamp}_{os.getpid()}"
-    return os.path.join(tempfile.gettempdir(), "modelplex-logs", session)
-
-
 class Runtime:
     def __init__(
         self,
@@ -50,11 +42,15 @@ class Runtime:
         *,
         backend: Backend | None = None,
         log_dir: str | None = None,
+        log_options: LogOptions | None = None,
     ) -> None:
         configure_driver_logging()
         self.http_options = http_options
         self.cluster = cluster or ClusterOptions()
-        self.log_dir = log_dir or _default_log_dir()
+        if log_dir is None:
+            log_options = log_options or LogOptions.from_env(os.environ)
+            log_dir = new_session_dir(log_options.keep_runs)
+        self.log_dir = log_dir
         self._secret = new_secret()
         self.backend = backend or make_backend(self.cluster)
         self.proxies: list[ProxyInfo] = []

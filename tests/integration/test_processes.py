@@ -217,3 +217,27 @@ def test_start_on_a_busy_port_raises_port_in_use_and_leaves_nothing_running():
     assert _children() <= children
     serve.start(http_options={"port": free_port()})  # nothing half-started in the way
     serve.shutdown()
+
+
+def test_starting_modelplex_prunes_old_log_folders(tmp_path, monkeypatch):
+    import tempfile
+
+    import modelplex as serve
+    from modelplex import _runtime
+
+    dead = 4194305  # above the kernel's PID_MAX_LIMIT: never a live process
+    root = tmp_path / "modelplex-logs"
+    old = {day: f"session_2020-01-0{day}_12-00-00_{dead}" for day in (1, 2, 4)}
+    old[3] = f"session_2020-01-03_12-00-00_{os.getpid()}"  # a run still alive
+    for name in [*old.values(), "notes"]:
+        (root / name).mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("MODELPLEX_LOG_RUNS", "2")
+    serve.start(http_options={"port": 0})
+    try:
+        log_dir = _runtime.current_runtime().log_dir
+    finally:
+        serve.shutdown()
+    assert os.path.dirname(log_dir) == str(root)
+    # This run and the newest old one are kept, the live one too; the older two go.
+    assert sorted(os.listdir(root)) == sorted([os.path.basename(log_dir), old[4], old[3], "notes"])
