@@ -146,6 +146,42 @@ def test_bad_model_ids_get_400_before_user_code(serve_instance, tmp_path):
     assert read_events(events) == []  # no loader ran
 
 
+def raw_request(port: int, head: bytes) -> tuple[int, bytes]:
+    """Send one request as raw bytes (``head`` is everything after the request line) and return
+    the status and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + head + b"\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@serve.deployment
+class ModelIdEcho:
+    def __call__(self, request=None) -> str:
+        return serve.get_multiplexed_model_id()
+
+
+def test_model_ids_are_served_as_sent_or_refused_on_both_paths(serve_instance):
+    handle = serve.run(ModelIdEcho.bind())
+    header = H.encode() + b": "
+    # U+0085 is a control character: refused over HTTP (not served as "evil") and by a handle.
+    status, body = raw_request(serve_instance.port, header + "\u0085evil".encode() + b"\r\n")
+    assert status == 400 and b"control character (U+0085)" in body, body
+    with pytest.raises(serve.ModelIdError, match="U\\+0085"):
+        handle.options(multiplexed_model_id="\u0085evil")
+    # U+00A0 is not: both paths serve the id exactly as sent.
+    status, body = raw_request(serve_instance.port, header + "\u00a0evil".encode() + b"\r\n")
+    assert (status, body.decode()) == (200, "\u00a0evil")
+    assert handle.options(multiplexed_model_id="\u00a0evil").remote().result() == "\u00a0evil"
+    # The spaces and tabs HTTP allows around a value are not part of the id.
+    status, body = raw_request(serve_instance.port, header + b" \tspaced \t\r\n")
+    assert (status, body) == (200, b"spaced")
+
+
 def test_oversized_headers_and_bodies(tmp_path):
     port = free_port()
     serve.start(http_options={"port": port, "max_body_bytes": 1000, "max_header_count": 20})
