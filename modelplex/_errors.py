@@ -161,6 +161,15 @@ class RouteNotFoundError(ModelplexError):
     http_status = 404
 
 
+class ClientDisconnectedError(ModelplexError):
+    """The HTTP client went away before its answer; the proxy cancels the work and says nothing."""
+
+    http_status = 499
+
+    def __init__(self, message: str = "the client disconnected before its answer") -> None:
+        super().__init__(message)
+
+
 class RemoteError(ModelplexError):
     """An exception raised in a replica whose own type could not be sent back."""
 

@@ -20,7 +20,13 @@ import uvicorn
 from starlette.exceptions import HTTPException
 
 from ._config import HTTPOptions
-from ._errors import ModelplexError, RequestTimeoutError, RouteNotFoundError, http_status_for
+from ._errors import (
+    ClientDisconnectedError,
+    ModelplexError,
+    RequestTimeoutError,
+    RouteNotFoundError,
+    http_status_for,
+)
 from ._http import request_from_scope
 from ._management import ModelManager, status_dicts
 from ._messages import DeploymentID, HTTPResult
@@ -85,9 +91,11 @@ class ProxyApp:
             return
         try:
             result = await self._forward(scope, receive)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except ClientDisconnectedError:
+            # An ordinary event: the work was cancelled and nobody is left to answer.
+            logger.debug("Client %s went away from %s; request cancelled.", _client(scope), path)
+            return
+        except Exception as exc:
             await _send_error(send, exc)
             return
         await send(
@@ -128,23 +136,27 @@ class ProxyApp:
         body = await _read_body(receive, self._options.max_body_bytes)
         root_path = scope.get("root_path", "") + ("" if prefix == "/" else prefix.rstrip("/"))
         request = request_from_scope(scope, body, root_path)
-        call = self._registry.router(ingress).call(
-            "__call__", model_id=model_id, http=request, trace_id=_trace_id()
+        loop = asyncio.get_running_loop()
+        call = loop.create_task(
+            self._registry.router(ingress).call(
+                "__call__", model_id=model_id, http=request, trace_id=_trace_id()
+            )
         )
-        # A client that goes away cancels its request, down to the replica's task.
-        watcher = asyncio.get_running_loop().create_task(
-            _cancel_on_disconnect(receive, asyncio.current_task())
-        )
+        # A client that goes away, or a request past its time limit, cancels the call, down to
+        # the replica's task (or its place in the router's queue).
+        gone = loop.create_task(_disconnected(receive))
+        timeout = self._options.request_timeout_s
         try:
-            timeout = self._options.request_timeout_s
-            if timeout is None:
-                return await call
-            try:
-                return await asyncio.wait_for(call, timeout)
-            except asyncio.TimeoutError:
-                raise RequestTimeoutError(timeout) from None
+            await asyncio.wait((call, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if call.done():
+                return call.result()
+            if gone.done():
+                raise ClientDisconnectedError()
+            raise RequestTimeoutError(timeout)  # type: ignore[arg-type]
         finally:
-            watcher.cancel()
+            gone.cancel()
+            if not call.done():
+                await _cancel(call)
 
     async def _management(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -206,13 +218,23 @@ class ProxyApp:
         return {"replicas": replicas}
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task | None) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if task is not None:
-                task.cancel()
-            return
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away (the body is read before this runs)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    """Cancel ``task`` and wait until it has ended, so the cancel reached the replica."""
+    task.cancel()
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()  # it ended on its own just before; nobody waits for its outcome
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -231,7 +253,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnectedError()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import signal
 import socket
@@ -89,6 +90,45 @@ def test_client_disconnect_cancels_the_replica_task(serve_instance, tmp_path):
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.get(serve_instance.url, params={"s": "30"}, timeout=0.5)
     wait_until(lambda: "cancelled" in read_events(events), message="work went on after disconnect")
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_client_disconnects_are_not_logged_as_errors(serve_instance, tmp_path, capfd):
+    events = str(tmp_path / "events")
+    serve.run(Slow.options(max_ongoing_requests=1).bind(events))
+    handler = Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "modelplex")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        def impatient(timeout: float) -> None:
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                requests.get(serve_instance.url, params={"s": "30"}, timeout=timeout)
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(impatient, 2)
+            wait_until(lambda: "started" in read_events(events))
+            impatient(0.3)  # queued behind the first, and gone before it finishes
+            in_flight.result()
+        wait_until(lambda: "cancelled" in read_events(events), message="work went on")
+        assert requests.get(serve_instance.url, params={"s": "0"}).status_code == 200
+        assert read_events(events).count("started") == 2  # the queued request never ran
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    lines = [f"{r.levelname} {r.getMessage()}" for r in handler.records]
+    assert not [r for r in handler.records if r.exc_info or r.levelno >= logging.WARNING], lines
+    assert len(lines) <= 2, lines  # at most one line per disconnect
+    stderr = capfd.readouterr().err
+    assert "Exception in ASGI application" not in stderr and "Traceback" not in stderr, stderr
 
 
 def test_cancelled_handle_call_cancels_the_replica_task(serve_instance, tmp_path):
