@@ -30,6 +30,7 @@ from ._errors import (
     error_response,
 )
 from ._http import request_from_scope
+from ._http_protocol import bounded_protocol, head_limit
 from ._management import ModelManager, check_limits, status_dicts
 from ._messages import DeploymentID, HTTPResult
 from ._model_ids import model_id_from_headers
@@ -301,7 +302,7 @@ class Proxy:
             lifespan="off",
             log_level="warning",
             access_log=False,
-            http="httptools",
+            http=bounded_protocol(head_limit(self._options)),
             timeout_keep_alive=30,
             server_header=False,
         )

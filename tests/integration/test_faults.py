@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -235,6 +236,75 @@ def test_oversized_headers_and_bodies(tmp_path):
         assert requests.get(url, headers={H: "1"}).status_code == 200
     finally:
         serve.shutdown()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_a_header_flood_is_refused_before_it_is_buffered(serve_instance):
+    serve.run(ModelIdEcho.bind())
+    line = b"x-pad: " + b"v" * 1000 + b"\r\n"
+    chunk = line * 64  # about 64 KiB of header lines per send
+    total = 64 * 1024 * 1024
+    sent, answer = 0, b""
+    before = rss_bytes()  # the proxy runs in this process
+    with socket.create_connection(("127.0.0.1", serve_instance.port)) as sock:
+        sock.settimeout(30)
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            while sent < total and not answer:
+                sock.sendall(chunk)
+                sent += len(chunk)
+                if select.select([sock], [], [], 0)[0]:
+                    answer = sock.recv(65536)
+            if not answer:
+                sock.sendall(b"\r\n")  # end the head: a server that took it all answers now
+                answer = sock.recv(65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    grown = rss_bytes() - before
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert grown < 8 * 1024 * 1024, f"the proxy grew by {grown} bytes"
+    # Early: what was sent is at most the socket buffers' worth past the bound.
+    assert sent < 16 * 1024 * 1024, f"the proxy read {sent} bytes of headers before refusing"
+    # The proxy still serves; headers just over max_header_bytes get 431, normal ones do not.
+    header = H.encode() + b": "
+    assert raw_request(serve_instance.port, header + b"ok\r\n") == (200, b"ok")
+    big = b"x-big: " + b"v" * (16 * 1024) + b"\r\n"
+    status, body = raw_request(serve_instance.port, big)
+    assert status == 431 and b"16384 bytes" in body
+
+
+def test_header_bound_is_per_request_on_keep_alive_and_pipelined_connections(serve_instance):
+    serve.run(ModelIdEcho.bind())
+    # Each head is 10 KiB: under the limit alone, over it if the bound were per connection.
+    requests_ = b"".join(
+        b"GET / HTTP/1.1\r\nHost: x\r\nx-pad: " + b"v" * 10240 + b"\r\n"
+        + H.encode() + b": m%d\r\n\r\n" % i
+        for i in range(6)
+    )
+    with socket.create_connection(("127.0.0.1", serve_instance.port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(requests_)  # pipelined: all six at once
+        data = b""
+        while data.count(b"HTTP/1.1 200 ") < 6:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        for i in range(6):  # then one at a time on the same connection
+            sock.sendall(requests_[: len(requests_) // 6])
+            reply = b""
+            while not reply.endswith(b"m0"):
+                chunk = sock.recv(65536)
+                assert chunk, reply
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200 ")
+    assert all(b"m%d" % i in data for i in range(6))
 
 
 def test_management_routes_token_and_switch(tmp_path):
