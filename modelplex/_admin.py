@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._cache import ModelCache
+from ._errors import NoModelLoaderError
 
 PREFIX = "__modelplex_"
 LIST, PRELOAD, PIN, UNPIN, UNLOAD, CONFIGURE = (
@@ -93,7 +94,7 @@ class Admin:
         """Load through the cache, admitted whatever an admission policy would say."""
         caches = self._loader_caches()
         if not caches:
-            raise TypeError("this deployment has no @serve.multiplexed loader to preload with")
+            raise NoModelLoaderError(self._replica_id)
         for cache in caches:
             cache.admit(model_id)
             await cache.get(model_id)

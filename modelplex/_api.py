@@ -8,6 +8,7 @@ from . import _runtime
 from ._backends import ProxyInfo
 from ._config import ClusterOptions, HTTPOptions
 from ._deployment import Application
+from ._errors import ApplicationNotFoundError
 from ._admin import ModelStatus
 from ._handle import DeploymentHandle
 
@@ -177,7 +178,7 @@ def get_app_handle(name: str = "default") -> DeploymentHandle:
     for app_name, ingress in runtime.controller.routes().values():
         if app_name == name:
             return DeploymentHandle(ingress.name, app_name)
-    raise KeyError(f"no application named {name!r}")
+    raise ApplicationNotFoundError(name)
 
 
 def get_deployment_handle(deployment_name: str, app_name: str = "default") -> DeploymentHandle:

@@ -33,7 +33,12 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, cast
 
 from ._aio import running_loop
-from ._errors import ModelLoadBackoffError, ModelLoadTimeoutError, ModelTooLargeError
+from ._errors import (
+    ModelCacheClosedError,
+    ModelLoadBackoffError,
+    ModelLoadTimeoutError,
+    ModelTooLargeError,
+)
 from ._eviction import AdmissionPolicy, EntryView, EvictionPolicy, LRUPolicy, default_model_size
 
 __all__ = ["ModelCache", "ModelInfo", "ModelsSnapshot"]
@@ -258,7 +263,7 @@ class ModelCache:
         any other task can evict the model.
         """
         if self._closed:
-            raise RuntimeError(f"the model cache is closed; cannot acquire model '{model_id}'")
+            raise ModelCacheClosedError(f"the model cache is closed; cannot acquire model '{model_id}'")
         self._loop = asyncio.get_running_loop()
         if self._record_access is not None:
             self._record_access(model_id, self._clock())
@@ -283,7 +288,7 @@ class ModelCache:
         except asyncio.CancelledError:
             release()
             if task.cancelled() and self._closed:
-                raise RuntimeError(
+                raise ModelCacheClosedError(
                     f"the model cache closed while model '{model_id}' was loading"
                 ) from None
             raise
@@ -388,7 +393,7 @@ class ModelCache:
             raise
         if self._closed:
             self._discard(entry, model)
-            raise RuntimeError(f"the model cache closed while model '{model_id}' was loading")
+            raise ModelCacheClosedError(f"the model cache closed while model '{model_id}' was loading")
         if size is not None and self._max_bytes is not None and size > self._max_bytes:
             self._logger.error(
                 "Model '%s' needs %d bytes, more than the whole budget of %d bytes; "

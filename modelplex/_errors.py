@@ -1,60 +1,122 @@
-"""The errors modelplex raises, in one small tree.
+"""The errors modelplex raises, in one small tree, and the one table mapping errors to HTTP.
 
-    ModelplexError
-    ├── DeploymentFailedError       a replica's constructor raised; carries the traceback
-    ├── ModelIdError (ValueError)   400: the model id is missing or malformed
-    │   └── MissingModelIdError     a multiplexed loader was called without a model id
-    ├── ModelLoadTimeoutError (TimeoutError)   the loader ran past its time limit
-    ├── ModelLoadBackoffError       503: the loader kept failing; not retried until a backoff ends
-    ├── ModelTooLargeError          a model larger than the whole byte budget
-    ├── ReplicaDiedError            503: the replica serving the request died
-    ├── BackPressureError           503: queue full; carries `queued` and `limit`
+    ModelplexError                      HTTP status (500 unless given)
+    ├── DeploymentFailedError           a replica's constructor raised; carries the traceback
+    ├── ModelIdError (ValueError)       400: the model id is missing or malformed
+    │   └── MissingModelIdError         400: a multiplexed loader was called without a model id
+    ├── ModelLoadTimeoutError (TimeoutError)   504: the loader ran past its time limit
+    ├── ModelLoadBackoffError           503: the loader kept failing; not retried until a backoff ends
+    ├── ModelTooLargeError              507: a model larger than the whole byte budget
+    ├── ModelCacheClosedError (RuntimeError)   503: the replica is stopping; its models are gone
+    ├── NoModelLoaderError (TypeError)  400: preload or pin on a deployment without a loader
+    ├── ReplicaDiedError                503: the replica serving the request died
+    ├── BackPressureError               503: queue full; carries `queued` and `limit`
     ├── RequestTimeoutError (TimeoutError)     504: no answer within the request timeout
-    ├── RouteNotFoundError          404: no application at that route prefix
-    ├── PortInUseError (OSError)    the HTTP port is taken; carries `host` and `port`
-    └── RemoteError                 an exception from a replica that could not travel as itself
+    ├── MethodNotFoundError (AttributeError)   the deployment has no such method
+    ├── UnserializableResultError (TypeError)  a return value that cannot become a response
+    ├── RemoteError                     an exception from a replica that could not travel as itself
+    ├── ClientDisconnectedError         the HTTP client went away; nothing is sent
+    ├── BadRequestError (ValueError)    400: a management request's body or arguments are invalid
+    ├── UnauthorizedError               401: management routes need the bearer token
+    ├── RouteNotFoundError              404: no application, or management route, at that path
+    ├── PortInUseError (OSError)        the HTTP port is taken; carries `host` and `port`
+    ├── ApplicationNotFoundError (KeyError)    404: no application of that name
+    ├── DeploymentNotFoundError (KeyError)     404: the application has no deployment of that name
+    ├── PayloadTooLargeError            413: the request body is over ``max_body_bytes``
+    └── HeadersTooLargeError            431: the request head is over ``max_header_bytes``/count
 
-An exception raised by user code in a replica is raised again in the caller as its own type
-when it can be pickled, with the remote traceback attached as its ``__cause__``.
+A builtin base in parentheses is there so that ``except ValueError`` and the like keep working.
+Every class pickles as itself with its fields, so an error raised in a replica reaches the
+caller unchanged; an exception raised by user code in a replica is raised again in the caller
+as its own type when it can be pickled, with the remote traceback attached as its ``__cause__``.
+
+Outside the tree, on purpose:
+
+- Checking configuration and arguments (``@serve.deployment``, ``@serve.multiplexed``,
+  ``HTTPOptions``, ``handle.options``, ``serve.run``, ``serve.configure_multiplexing``) raises
+  ``TypeError``/``ValueError`` naming the option and the value; a user-supplied function that
+  returns the wrong kind of value (a model size function) raises ``TypeError`` naming it.
+- Using the API in the wrong place (``.result()`` inside an event loop, a handle or a loader
+  called outside a running application, ``serve.*`` before ``serve.run``) raises
+  ``RuntimeError`` saying what to do instead; ``DeploymentResponse.result(timeout_s=...)`` raises
+  ``RequestTimeoutError``.
+- The internal channel's ``ConnectionClosed``/``AuthenticationError`` (``ConnectionError``) never
+  reach a caller: routers turn a lost replica into ``ReplicaDiedError``.
+
+``error_response`` is the one table from an exception to the answer an HTTP client gets: the
+proxy, the model management routes, the replica (for Starlette's ``HTTPException``) and the
+HTTP protocol (for an oversized head) all answer through it.
 """
 
 from __future__ import annotations
 
 import errno
+import math
+from typing import NamedTuple
+
+from starlette.exceptions import HTTPException
 
 __all__ = [
+    "ApplicationNotFoundError",
     "BackPressureError",
+    "BadRequestError",
+    "ClientDisconnectedError",
     "DeploymentFailedError",
+    "DeploymentNotFoundError",
+    "ErrorResponse",
+    "HeadersTooLargeError",
+    "MethodNotFoundError",
     "MissingModelIdError",
+    "ModelCacheClosedError",
     "ModelIdError",
     "ModelLoadBackoffError",
     "ModelLoadTimeoutError",
     "ModelTooLargeError",
     "ModelplexError",
     "PortInUseError",
+    "NoModelLoaderError",
+    "PayloadTooLargeError",
     "RemoteError",
+    "RemoteTraceback",
     "ReplicaDiedError",
     "RequestTimeoutError",
     "RouteNotFoundError",
-    "RemoteTraceback",
+    "UnauthorizedError",
+    "UnserializableResultError",
+    "error_response",
+    "http_status_for",
 ]
+
+
+def _rebuild(cls: type, args: tuple, fields: dict) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(fields)
+    return exc
 
 
 class ModelplexError(Exception):
     """Base of every error modelplex raises itself."""
 
-    # Subclasses that map to an HTTP status say so here; see ``http_status_for``.
-    http_status: int = 500
+    http_status: int = 500  # the status ``error_response`` answers with
+
+    def __reduce__(self):
+        # Rebuilt from its args and fields, not by calling __init__ again, so the message
+        # (already formatted) and every field come back exactly as they left.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+    @property
+    def retry_after_s(self) -> int:
+        """For a 503: when a client may try again (the Retry-After header)."""
+        return 1
 
 
 class DeploymentFailedError(ModelplexError):
     def __init__(self, deployment: str, message: str, traceback: str = "") -> None:
         super().__init__(f"Deployment '{deployment}' failed to start: {message}\n{traceback}".rstrip())
         self.deployment = deployment
+        self.message = message
         self.traceback = traceback
-
-    def __reduce__(self):  # keep named fields across pickling
-        return (type(self), (self.deployment, str(self).split(": ", 1)[-1], self.traceback))
 
 
 class ModelIdError(ModelplexError, ValueError):
@@ -79,9 +141,6 @@ class ModelLoadTimeoutError(ModelplexError, TimeoutError):
         self.model_id = model_id
         self.timeout_s = timeout_s
 
-    def __reduce__(self):
-        return (type(self), (self.model_id, self.timeout_s))
-
 
 class ModelLoadBackoffError(ModelplexError):
     http_status = 503
@@ -101,8 +160,9 @@ class ModelLoadBackoffError(ModelplexError):
         self.retry_in_s = retry_in_s
         self.last_error = error
 
-    def __reduce__(self):
-        return (type(self), (self.model_id, self.failures, self.retry_in_s, self.last_error))
+    @property
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self.retry_in_s))
 
 
 class ModelTooLargeError(ModelplexError):
@@ -117,8 +177,19 @@ class ModelTooLargeError(ModelplexError):
         self.size = size
         self.limit = limit
 
-    def __reduce__(self):
-        return (type(self), (self.model_id, self.size, self.limit))
+
+class ModelCacheClosedError(ModelplexError, RuntimeError):
+    http_status = 503
+
+
+class NoModelLoaderError(ModelplexError, TypeError):
+    http_status = 400
+
+    def __init__(self, replica_id: str) -> None:
+        super().__init__(
+            f"Replica '{replica_id}' has no @serve.multiplexed loader to preload or pin with."
+        )
+        self.replica_id = replica_id
 
 
 class ReplicaDiedError(ModelplexError):
@@ -129,9 +200,6 @@ class ReplicaDiedError(ModelplexError):
         super().__init__(f"{msg}: {detail}" if detail else f"{msg}.")
         self.replica_id = replica_id
         self.detail = detail
-
-    def __reduce__(self):
-        return (type(self), (self.replica_id, self.detail))
 
 
 class BackPressureError(ModelplexError):
@@ -146,9 +214,6 @@ class BackPressureError(ModelplexError):
         self.queued = queued
         self.limit = limit
 
-    def __reduce__(self):
-        return (type(self), (self.deployment, self.queued, self.limit))
-
 
 class RequestTimeoutError(ModelplexError, TimeoutError):
     http_status = 504
@@ -157,8 +222,33 @@ class RequestTimeoutError(ModelplexError, TimeoutError):
         super().__init__(f"The request got no answer within {timeout_s}s.")
         self.timeout_s = timeout_s
 
-    def __reduce__(self):
-        return (type(self), (self.timeout_s,))
+
+class MethodNotFoundError(ModelplexError, AttributeError):
+    def __init__(self, deployment: str, method: str) -> None:
+        super().__init__(f"Deployment '{deployment}' has no method '{method}'")
+        self.deployment = deployment
+        self.method = method
+
+
+class UnserializableResultError(ModelplexError, TypeError):
+    """A return value that cannot be sent back: not picklable, or (over HTTP) not a response."""
+
+
+class ClientDisconnectedError(ModelplexError):
+    """The HTTP client went away before its answer; the proxy cancels the work and says nothing."""
+
+    http_status = 499  # never sent: there is nobody to send it to
+
+    def __init__(self, message: str = "the client disconnected before its answer") -> None:
+        super().__init__(message)
+
+
+class BadRequestError(ModelplexError, ValueError):
+    http_status = 400
+
+
+class UnauthorizedError(ModelplexError):
+    http_status = 401
 
 
 class RouteNotFoundError(ModelplexError):
@@ -184,6 +274,33 @@ class PortInUseError(ModelplexError, OSError):
         return (type(self), (self.host, self.port))
 
 
+class _NotFound(ModelplexError, KeyError):
+    http_status = 404
+
+    __str__ = BaseException.__str__  # the message, not KeyError's repr() of it
+
+
+class ApplicationNotFoundError(_NotFound):
+    def __init__(self, app: str) -> None:
+        super().__init__(f"no application named {app!r}")
+        self.app = app
+
+
+class DeploymentNotFoundError(_NotFound):
+    def __init__(self, app: str, deployment: str) -> None:
+        super().__init__(f"application {app!r} has no deployment {deployment!r}")
+        self.app = app
+        self.deployment = deployment
+
+
+class PayloadTooLargeError(ModelplexError):
+    http_status = 413
+
+
+class HeadersTooLargeError(ModelplexError):
+    http_status = 431
+
+
 class RemoteError(ModelplexError):
     """An exception raised in a replica whose own type could not be sent back."""
 
@@ -192,9 +309,6 @@ class RemoteError(ModelplexError):
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
-
-    def __reduce__(self):
-        return (type(self), (self.type_name, self.message, self.traceback))
 
 
 class RemoteTraceback(Exception):
@@ -208,8 +322,37 @@ class RemoteTraceback(Exception):
         return f"\n\nRemote traceback:\n{self.tb}"
 
 
+class ErrorResponse(NamedTuple):
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]  # content-type and -length, and Retry-After for 503
+    body: bytes
+
+
+def error_response(exc: BaseException) -> ErrorResponse:
+    """The one table from an exception to the HTTP answer: modelplex's errors by their status
+    with their message, Starlette's ``HTTPException`` by its status and detail, anything else
+    (user code) 500 naming its type. Only the first line: tracebacks stay in the logs."""
+    extra: list[tuple[bytes, bytes]] = []
+    if isinstance(exc, HTTPException):
+        status, text = exc.status_code, str(exc.detail)
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
+    else:
+        message = str(exc).splitlines()[0] if str(exc).strip() else ""
+        if isinstance(exc, ModelplexError):
+            status, text = exc.http_status, message or type(exc).__name__
+            if status == 503:
+                extra = [(b"retry-after", str(exc.retry_after_s).encode())]
+        else:
+            status = 500
+            text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    body = text.encode()
+    headers = (
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    )
+    return ErrorResponse(status, headers, body)
+
+
 def http_status_for(exc: BaseException) -> int:
-    """The one place that maps an error to an HTTP status code."""
-    if isinstance(exc, ModelplexError):
-        return exc.http_status
-    return 500
+    return error_response(exc).status

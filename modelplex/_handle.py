@@ -12,6 +12,7 @@ import concurrent.futures
 from typing import Any, Generator
 
 from ._aio import running_loop
+from ._errors import RequestTimeoutError
 from ._messages import DeploymentID
 from ._model_ids import validate_model_id
 from ._router import current_registry
@@ -39,7 +40,7 @@ class DeploymentResponse:
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"no result within {timeout_s}s") from None
+            raise RequestTimeoutError(timeout_s) from None
 
     def cancel(self) -> bool:
         return self._future.cancel()

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from ._errors import UnserializableResultError
 from ._messages import HTTPRequest, HTTPResult
 
 # Scope keys that are plain data and mean the same thing on the replica's side.
@@ -61,10 +62,6 @@ def to_starlette(http: HTTPRequest) -> Request:
     scope = dict(http.scope)
     scope["headers"] = list(scope.get("headers", ()))
     return Request(scope, receive)
-
-
-class UnserializableResultError(TypeError):
-    pass
 
 
 def to_response(value: Any) -> Response:

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _admin
 from ._admin import ModelStatus
+from ._errors import ApplicationNotFoundError, BadRequestError, DeploymentNotFoundError
 from ._messages import DeploymentID
 from ._model_ids import validate_model_id
 from ._multiplex import _validate_bytes, _validate_count
@@ -26,7 +27,10 @@ class ModelManager:
         self._registry = registry
 
     def _targets(self, app: str | None, deployment: str | None) -> list[DeploymentID]:
-        apps = [app] if app is not None else self._controller.app_names()
+        names = self._controller.app_names()
+        if app is not None and app not in names:
+            raise ApplicationNotFoundError(app)
+        apps = [app] if app is not None else names
         out: list[DeploymentID] = []
         for name in apps:
             ingress, every = self._controller.deployments(name)
@@ -35,7 +39,7 @@ class ModelManager:
             elif DeploymentID(name, deployment) in every:
                 out.append(DeploymentID(name, deployment))
             else:
-                raise KeyError(f"application {name!r} has no deployment {deployment!r}")
+                raise DeploymentNotFoundError(name, deployment)
         return out
 
     def _one(self, app: str, deployment: str | None) -> DeploymentID:
@@ -62,9 +66,9 @@ class ModelManager:
         """Preload (or pin) ``model_id`` on ``replicas`` replicas; return their ids."""
         validate_model_id(model_id)
         if not model_id:
-            raise ValueError("model_id must not be empty")
+            raise BadRequestError("model_id must not be empty")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise ValueError(f"replicas must be an int >= 1, got {replicas!r}")
+            raise BadRequestError(f"replicas must be an int >= 1, got {replicas!r}")
         router = self._registry.router(self._one(app, deployment))
         replica_ids = await router.wait_ready()
         holders = [r for r, models in router.replica_models().items() if model_id in models["loaded"]]
@@ -93,13 +97,18 @@ class ModelManager:
     async def configure(
         self, app: str, deployment: str | None, max_models: Any, max_bytes: Any
     ) -> None:
-        if max_models is not None:
-            _validate_count(max_models)
-        if max_bytes is not None:
-            _validate_bytes(max_bytes)
+        check_limits(max_models, max_bytes)
         deployment_id = self._one(app, deployment)
         self._controller.set_cache_limits(deployment_id, (max_models, max_bytes))
         await self._each_replica(deployment_id, _admin.CONFIGURE, max_models, max_bytes)
+
+
+def check_limits(max_models: Any, max_bytes: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` naming a bad cache limit (None leaves one as it is)."""
+    if max_models is not None:
+        _validate_count(max_models)
+    if max_bytes is not None:
+        _validate_bytes(max_bytes)
 
 
 def status_dicts(statuses: list[ModelStatus]) -> list[dict]:

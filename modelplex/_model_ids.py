@@ -32,9 +32,12 @@ def model_id_from_headers(headers: list[tuple[bytes, bytes]]) -> str:
     """The model id an HTTP request names, matched case-insensitively in either spelling."""
     for name, value in headers:
         if name.lower().decode("latin-1") in MODEL_ID_HEADERS:
+            # Only the spaces and tabs HTTP allows around a value are dropped (httptools keeps
+            # trailing ones). str.strip() would also drop Unicode whitespace such as U+0085 and
+            # serve "\x85evil" as "evil" while a handle refuses it: the id is validated as sent.
             try:
-                text = value.decode("utf-8")
+                text = value.strip(b" \t").decode("utf-8")
             except UnicodeDecodeError:
                 raise ModelIdError("model id header is not valid UTF-8") from None
-            return validate_model_id(text.strip())
+            return validate_model_id(text)
     return ""

@@ -18,13 +18,22 @@ from urllib.parse import parse_qsl
 from typing import Any, Awaitable, Callable
 
 import uvicorn
-from starlette.exceptions import HTTPException
 
 from ._config import HTTPOptions
-from ._errors import ModelplexError, RequestTimeoutError, RouteNotFoundError, http_status_for
-from ._errors import PortInUseError
+from ._errors import (
+    BadRequestError,
+    ClientDisconnectedError,
+    HeadersTooLargeError,
+    PayloadTooLargeError,
+    PortInUseError,
+    RequestTimeoutError,
+    RouteNotFoundError,
+    UnauthorizedError,
+    error_response,
+)
 from ._http import request_from_scope
-from ._management import ModelManager, status_dicts
+from ._http_protocol import bounded_protocol, head_limit
+from ._management import ModelManager, check_limits, status_dicts
 from ._messages import DeploymentID, HTTPResult
 from ._model_ids import model_id_from_headers
 from ._router import RouterRegistry
@@ -42,10 +51,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Routes = Callable[[], dict[str, tuple[str, DeploymentID]]]
-
-
-class PayloadTooLarge(Exception):
-    pass
 
 
 def match_route(path: str, prefixes: list[str]) -> str | None:
@@ -77,19 +82,18 @@ class ProxyApp:
             return
         if scope["type"] != "http":
             return  # websockets are not served; uvicorn closes the connection
-        refusal = self._check_headers(scope)
-        if refusal is not None:
-            await _send_text(send, *refusal)
-            return
         path = scope["path"]
-        if path.startswith("/-/"):
-            await self._management(scope, receive, send)
-            return
         try:
+            self._check_headers(scope)
+            if path.startswith("/-/"):
+                await self._management(scope, receive, send)
+                return
             result = await self._forward(scope, receive)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except ClientDisconnectedError:
+            # An ordinary event: the work was cancelled and nobody is left to answer.
+            logger.debug("Client %s went away from %s; request cancelled.", _client(scope), path)
+            return
+        except Exception as exc:
             await _send_error(send, exc)
             return
         await send(
@@ -97,18 +101,20 @@ class ProxyApp:
         )
         await send({"type": "http.response.body", "body": result.body})
 
-    def _check_headers(self, scope: Scope) -> tuple[int, str] | None:
+    def _check_headers(self, scope: Scope) -> None:
+        """The exact limits, once the head is complete (the protocol bounds it on the way in)."""
         headers = scope.get("headers", ())
         if len(headers) > self._options.max_header_count:
-            return 431, f"more than {self._options.max_header_count} headers"
+            raise HeadersTooLargeError(f"more than {self._options.max_header_count} headers")
         size = sum(len(name) + len(value) for name, value in headers)
         if size > self._options.max_header_bytes:
-            return 431, f"headers larger than {self._options.max_header_bytes} bytes"
+            raise HeadersTooLargeError(f"headers larger than {self._options.max_header_bytes} bytes")
         for name, value in headers:
             if name == b"content-length" and value.isdigit():
                 if int(value) > self._options.max_body_bytes:
-                    return 413, f"request body is larger than {self._options.max_body_bytes} bytes"
-        return None
+                    raise PayloadTooLargeError(
+                        f"request body is larger than {self._options.max_body_bytes} bytes"
+                    )
 
     def _management_allowed(self, scope: Scope) -> bool:
         token = self._options.management_token
@@ -130,23 +136,27 @@ class ProxyApp:
         body = await _read_body(receive, self._options.max_body_bytes)
         root_path = scope.get("root_path", "") + ("" if prefix == "/" else prefix.rstrip("/"))
         request = request_from_scope(scope, body, root_path)
-        call = self._registry.router(ingress).call(
-            "__call__", model_id=model_id, http=request, trace_id=_trace_id()
+        loop = asyncio.get_running_loop()
+        call = loop.create_task(
+            self._registry.router(ingress).call(
+                "__call__", model_id=model_id, http=request, trace_id=_trace_id()
+            )
         )
-        # A client that goes away cancels its request, down to the replica's task.
-        watcher = asyncio.get_running_loop().create_task(
-            _cancel_on_disconnect(receive, asyncio.current_task())
-        )
+        # A client that goes away, or a request past its time limit, cancels the call, down to
+        # the replica's task (or its place in the router's queue).
+        gone = loop.create_task(_disconnected(receive))
+        timeout = self._options.request_timeout_s
         try:
-            timeout = self._options.request_timeout_s
-            if timeout is None:
-                return await call
-            try:
-                return await asyncio.wait_for(call, timeout)
-            except asyncio.TimeoutError:
-                raise RequestTimeoutError(timeout) from None
+            await asyncio.wait((call, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if call.done():
+                return call.result()
+            if gone.done():
+                raise ClientDisconnectedError()
+            raise RequestTimeoutError(timeout)  # type: ignore[arg-type]
         finally:
-            watcher.cancel()
+            gone.cancel()
+            if not call.done():
+                await _cancel(call)
 
     async def _management(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -157,23 +167,12 @@ class ProxyApp:
             await _send_json(send, 200, routes)
         elif path.startswith("/-/models") and self._models is not None:
             if not self._options.management_routes:
-                await _send_text(send, 404, "model management over HTTP is switched off")
-                return
+                raise RouteNotFoundError("model management over HTTP is switched off")
             if not self._management_allowed(scope):
-                await _send_text(send, 401, "model management needs 'Authorization: Bearer <token>'")
-                return
-            try:
-                result = await self._manage_models(path, method, scope, receive)
-            except KeyError as exc:
-                await _send_text(send, 404, str(exc.args[0]) if exc.args else "not found")
-            except (ValueError, TypeError) as exc:
-                await _send_text(send, 400, str(exc))
-            except Exception as exc:
-                await _send_error(send, exc)
-            else:
-                await _send_json(send, 200, result)
+                raise UnauthorizedError("model management needs 'Authorization: Bearer <token>'")
+            await _send_json(send, 200, await self._manage_models(path, method, scope, receive))
         else:
-            await _send_text(send, 404, f"no management route {path!r}")
+            raise RouteNotFoundError(f"no management route {path!r}")
 
     async def _manage_models(self, path: str, method: str, scope: Scope, receive: Receive) -> Any:
         """GET /-/models lists; POST /-/models/{preload,pin,unpin,unload,configure} acts."""
@@ -184,23 +183,26 @@ class ProxyApp:
             return status_dicts(statuses)
         op = path[len("/-/models/"):]
         if method != "POST" or op not in ("preload", "pin", "unpin", "unload", "configure"):
-            raise KeyError(f"no management route {method} {path!r}")
+            raise RouteNotFoundError(f"no management route {method} {path!r}")
         body = await _read_body(receive, 1 << 20)
         try:
             args = json.loads(body or b"{}")
         except ValueError:
-            raise ValueError("the request body must be a JSON object") from None
+            raise BadRequestError("the request body must be a JSON object") from None
         if not isinstance(args, dict):
-            raise ValueError("the request body must be a JSON object")
+            raise BadRequestError("the request body must be a JSON object")
         app, deployment = args.get("app", "default"), args.get("deployment")
         if op == "configure":
-            await self._models.configure(
-                app, deployment, args.get("max_num_models_per_replica"), args.get("max_memory_bytes")
-            )
+            limits = args.get("max_num_models_per_replica"), args.get("max_memory_bytes")
+            try:
+                check_limits(*limits)
+            except (TypeError, ValueError) as exc:
+                raise BadRequestError(str(exc)) from None
+            await self._models.configure(app, deployment, *limits)
             return {"ok": True}
         model_id = args.get("model_id")
         if not isinstance(model_id, str) or not model_id:
-            raise ValueError("model_id (a non-empty string) is required")
+            raise BadRequestError("model_id (a non-empty string) is required")
         if op in ("preload", "pin"):
             replicas = await self._models.place(op, model_id, app, deployment, args.get("replicas", 1))
         else:
@@ -208,13 +210,23 @@ class ProxyApp:
         return {"replicas": replicas}
 
 
-async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task | None) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if task is not None:
-                task.cancel()
-            return
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone away (the body is read before this runs)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    """Cancel ``task`` and wait until it has ended, so the cancel reached the replica."""
+    task.cancel()
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()  # it ended on its own just before; nobody waits for its outcome
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -233,11 +245,11 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnectedError()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            raise PayloadTooLargeError(f"request body is larger than {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -258,26 +270,8 @@ async def _send_json(send: Send, status: int, value: Any) -> None:
 
 
 async def _send_error(send: Send, exc: BaseException) -> None:
-    if isinstance(exc, HTTPException):
-        status, text = exc.status_code, str(exc.detail)
-    elif isinstance(exc, PayloadTooLarge):
-        status, text = 413, str(exc)
-    else:
-        # One line: modelplex's own errors say what went wrong; others are named by type.
-        status = http_status_for(exc)
-        message = str(exc).splitlines()[0] if str(exc) else ""
-        if isinstance(exc, ModelplexError):
-            text = message
-        else:
-            text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    body = text.encode()
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    if status == 503:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    status, headers, body = error_response(exc)
+    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -312,7 +306,7 @@ class Proxy:
             lifespan="off",
             log_level="warning",
             access_log=False,
-            http="httptools",
+            http=bounded_protocol(head_limit(self._options)),
             timeout_keep_alive=30,
             server_header=False,
         )

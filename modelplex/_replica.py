@@ -22,19 +22,19 @@ from typing import Any
 
 import cloudpickle
 from starlette.exceptions import HTTPException
-from starlette.responses import PlainTextResponse
 
 from . import _context, _multiplex
 from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
 from ._backends import ReplicaSpec
 from ._cache import ModelCache
-from ._errors import RemoteError
+from ._errors import MethodNotFoundError, RemoteError, UnserializableResultError, error_response
 from ._http import render, to_starlette
 from ._logging import configure_replica_logging
 from ._messages import (
     Call,
     Cancel,
+    HTTPResult,
     ModelsUpdate,
     Ping,
     Pong,
@@ -249,9 +249,7 @@ class Replica:
                 return self._success(call, await self.admin.run(call.method, args))
             method = getattr(self.instance, call.method, None)
             if method is None or not callable(method):
-                raise AttributeError(
-                    f"Deployment '{self.spec.deployment_id.name}' has no method '{call.method}'"
-                )
+                raise MethodNotFoundError(self.spec.deployment_id.name, call.method)
             if call.http is not None:
                 args, kwargs = (to_starlette(call.http),), {}
             elif call.payload:
@@ -272,9 +270,7 @@ class Replica:
         except HTTPException as exc:
             if call.http is None:
                 return _failure(call.request_id, exc, traceback.format_exc())
-            return self._success(call, await render(PlainTextResponse(
-                str(exc.detail), status_code=exc.status_code, headers=exc.headers
-            )))
+            return self._success(call, HTTPResult(*error_response(exc)))
         except Exception as exc:
             logger.exception("Request failed: %s: %s", type(exc).__name__, exc)
             return _failure(call.request_id, exc, traceback.format_exc())
@@ -286,7 +282,7 @@ class Replica:
         try:
             return Result(call.request_id, True, cloudpickle.dumps(value, protocol=5))
         except Exception as exc:
-            error = TypeError(
+            error = UnserializableResultError(
                 f"the return value of {self.spec.deployment_id.name}.{call.method}, of type "
                 f"{type(value).__qualname__}, cannot be serialized: {exc}"
             )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -91,6 +93,45 @@ def test_client_disconnect_cancels_the_replica_task(serve_instance, tmp_path):
     wait_until(lambda: "cancelled" in read_events(events), message="work went on after disconnect")
 
 
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_client_disconnects_are_not_logged_as_errors(serve_instance, tmp_path, capfd):
+    events = str(tmp_path / "events")
+    serve.run(Slow.options(max_ongoing_requests=1).bind(events))
+    handler = Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "modelplex")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        def impatient(timeout: float) -> None:
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                requests.get(serve_instance.url, params={"s": "30"}, timeout=timeout)
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(impatient, 2)
+            wait_until(lambda: "started" in read_events(events))
+            impatient(0.3)  # queued behind the first, and gone before it finishes
+            in_flight.result()
+        wait_until(lambda: "cancelled" in read_events(events), message="work went on")
+        assert requests.get(serve_instance.url, params={"s": "0"}).status_code == 200
+        assert read_events(events).count("started") == 2  # the queued request never ran
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    lines = [f"{r.levelname} {r.getMessage()}" for r in handler.records]
+    assert not [r for r in handler.records if r.exc_info or r.levelno >= logging.WARNING], lines
+    assert len(lines) <= 2, lines  # at most one line per disconnect
+    stderr = capfd.readouterr().err
+    assert "Exception in ASGI application" not in stderr and "Traceback" not in stderr, stderr
+
+
 def test_cancelled_handle_call_cancels_the_replica_task(serve_instance, tmp_path):
     events = str(tmp_path / "events")
     handle = serve.run(Slow.bind(events))
@@ -146,6 +187,42 @@ def test_bad_model_ids_get_400_before_user_code(serve_instance, tmp_path):
     assert read_events(events) == []  # no loader ran
 
 
+def raw_request(port: int, head: bytes) -> tuple[int, bytes]:
+    """Send one request as raw bytes (``head`` is everything after the request line) and return
+    the status and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + head + b"\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@serve.deployment
+class ModelIdEcho:
+    def __call__(self, request=None) -> str:
+        return serve.get_multiplexed_model_id()
+
+
+def test_model_ids_are_served_as_sent_or_refused_on_both_paths(serve_instance):
+    handle = serve.run(ModelIdEcho.bind())
+    header = H.encode() + b": "
+    # U+0085 is a control character: refused over HTTP (not served as "evil") and by a handle.
+    status, body = raw_request(serve_instance.port, header + "\u0085evil".encode() + b"\r\n")
+    assert status == 400 and b"control character (U+0085)" in body, body
+    with pytest.raises(serve.ModelIdError, match="U\\+0085"):
+        handle.options(multiplexed_model_id="\u0085evil")
+    # U+00A0 is not: both paths serve the id exactly as sent.
+    status, body = raw_request(serve_instance.port, header + "\u00a0evil".encode() + b"\r\n")
+    assert (status, body.decode()) == (200, "\u00a0evil")
+    assert handle.options(multiplexed_model_id="\u00a0evil").remote().result() == "\u00a0evil"
+    # The spaces and tabs HTTP allows around a value are not part of the id.
+    status, body = raw_request(serve_instance.port, header + b" \tspaced \t\r\n")
+    assert (status, body) == (200, b"spaced")
+
+
 def test_oversized_headers_and_bodies(tmp_path):
     port = free_port()
     serve.start(http_options={"port": port, "max_body_bytes": 1000, "max_header_count": 20})
@@ -159,6 +236,75 @@ def test_oversized_headers_and_bodies(tmp_path):
         assert requests.get(url, headers={H: "1"}).status_code == 200
     finally:
         serve.shutdown()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_a_header_flood_is_refused_before_it_is_buffered(serve_instance):
+    serve.run(ModelIdEcho.bind())
+    line = b"x-pad: " + b"v" * 1000 + b"\r\n"
+    chunk = line * 64  # about 64 KiB of header lines per send
+    total = 64 * 1024 * 1024
+    sent, answer = 0, b""
+    before = rss_bytes()  # the proxy runs in this process
+    with socket.create_connection(("127.0.0.1", serve_instance.port)) as sock:
+        sock.settimeout(30)
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            while sent < total and not answer:
+                sock.sendall(chunk)
+                sent += len(chunk)
+                if select.select([sock], [], [], 0)[0]:
+                    answer = sock.recv(65536)
+            if not answer:
+                sock.sendall(b"\r\n")  # end the head: a server that took it all answers now
+                answer = sock.recv(65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    grown = rss_bytes() - before
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert grown < 8 * 1024 * 1024, f"the proxy grew by {grown} bytes"
+    # Early: what was sent is at most the socket buffers' worth past the bound.
+    assert sent < 16 * 1024 * 1024, f"the proxy read {sent} bytes of headers before refusing"
+    # The proxy still serves; headers just over max_header_bytes get 431, normal ones do not.
+    header = H.encode() + b": "
+    assert raw_request(serve_instance.port, header + b"ok\r\n") == (200, b"ok")
+    big = b"x-big: " + b"v" * (16 * 1024) + b"\r\n"
+    status, body = raw_request(serve_instance.port, big)
+    assert status == 431 and b"16384 bytes" in body
+
+
+def test_header_bound_is_per_request_on_keep_alive_and_pipelined_connections(serve_instance):
+    serve.run(ModelIdEcho.bind())
+    # Each head is 10 KiB: under the limit alone, over it if the bound were per connection.
+    requests_ = b"".join(
+        b"GET / HTTP/1.1\r\nHost: x\r\nx-pad: " + b"v" * 10240 + b"\r\n"
+        + H.encode() + b": m%d\r\n\r\n" % i
+        for i in range(6)
+    )
+    with socket.create_connection(("127.0.0.1", serve_instance.port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(requests_)  # pipelined: all six at once
+        data = b""
+        while data.count(b"HTTP/1.1 200 ") < 6:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        for i in range(6):  # then one at a time on the same connection
+            sock.sendall(requests_[: len(requests_) // 6])
+            reply = b""
+            while not reply.endswith(b"m0"):
+                chunk = sock.recv(65536)
+                assert chunk, reply
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200 ")
+    assert all(b"m%d" % i in data for i in range(6))
 
 
 def test_management_routes_token_and_switch(tmp_path):

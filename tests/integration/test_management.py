@@ -188,3 +188,58 @@ def test_tinylfu_keeps_the_hot_model_and_pins_override_it(serve_instance):
     assert set(loaded()) == {"hot"}  # ...but not kept in place of the hot model
     serve.pin_model("once")  # an operator's choice beats the request counts
     assert {(s.model_id, s.pinned) for s in serve.list_models()} == {("once", True)}
+
+
+@serve.deployment
+class PickyLoader:
+    @serve.multiplexed(max_num_models_per_replica=2)
+    async def get_model(self, model_id: str) -> str:
+        if model_id == "bad":
+            raise ValueError("no weights for 'bad'")
+        if model_id == "typo":
+            raise TypeError("loader got confused")
+        return model_id
+
+    async def __call__(self, request):
+        return await self.get_model(serve.get_multiplexed_model_id())
+
+
+@serve.deployment
+class NoLoader:
+    def __call__(self, request):
+        return "plain"
+
+
+def test_management_errors_come_from_the_one_table(serve_instance):
+    serve.run(PickyLoader.bind())
+    serve.run(NoLoader.bind(), name="plain", route_prefix="/plain")
+    base = serve_instance.url + "/-/models"
+    # The user's loader failing is the server's problem (500 naming it), not a bad request.
+    r = requests.post(base + "/preload", json={"model_id": "bad"})
+    assert (r.status_code, r.text) == (500, "ValueError: no weights for 'bad'")
+    r = requests.post(base + "/pin", json={"model_id": "typo"})
+    assert (r.status_code, r.text) == (500, "TypeError: loader got confused")
+    assert requests.post(base + "/preload", json={"model_id": "good"}).status_code == 200
+    # modelplex's own errors keep their documented statuses.
+    r = requests.post(base + "/preload", data=b"not json")
+    assert (r.status_code, r.text) == (400, "the request body must be a JSON object")
+    r = requests.post(base + "/preload", json={"replicas": 1})
+    assert (r.status_code, r.text) == (400, "model_id (a non-empty string) is required")
+    r = requests.post(base + "/preload", json={"model_id": "m", "replicas": 0})
+    assert (r.status_code, r.text) == (400, "replicas must be an int >= 1, got 0")
+    r = requests.post(base + "/preload", json={"model_id": "m", "app": "nope"})
+    assert (r.status_code, r.text) == (404, "no application named 'nope'")
+    r = requests.post(base + "/preload", json={"model_id": "m", "deployment": "Nope"})
+    assert (r.status_code, r.text) == (404, "application 'default' has no deployment 'Nope'")
+    r = requests.get(base, params={"app": "nope"})
+    assert (r.status_code, r.text) == (404, "no application named 'nope'")
+    r = requests.post(base + "/preload", json={"model_id": "m", "app": "plain"})
+    assert r.status_code == 400 and "no @serve.multiplexed loader" in r.text
+    r = requests.post(base + "/configure", json={"max_memory_bytes": "lots"})
+    assert r.status_code == 400 and "max_memory_bytes" in r.text
+    # The Python API raises the same types, which stay the builtins they were.
+    with pytest.raises(serve.ApplicationNotFoundError) as info:
+        serve.preload_model("m", app_name="nope")
+    assert isinstance(info.value, KeyError)
+    with pytest.raises(KeyError):
+        serve.get_app_handle("nope")
