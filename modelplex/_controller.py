@@ -20,7 +20,7 @@ from typing import Callable
 
 from ._backends import Backend, ReplicaProcess, ReplicaSpec
 from ._config import DeploymentConfig
-from ._errors import DeploymentFailedError
+from ._errors import ApplicationNotFoundError, DeploymentFailedError, ShuttingDownError
 from ._messages import (
     DeploymentID,
     Ping,
@@ -152,14 +152,14 @@ class Controller:
         """(ingress, every deployment) of application ``app_name``."""
         app = self._apps.get(app_name)
         if app is None:
-            raise KeyError(f"no application named {app_name!r}")
+            raise ApplicationNotFoundError(app_name)
         return app.ingress, [d.id for d in app.deployments.values()]
 
     async def deploy(
         self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str
     ) -> None:
         if self._closed:
-            raise RuntimeError("modelplex is shutting down")
+            raise ShuttingDownError()
         task = asyncio.current_task()
         assert task is not None
         self._deploys.add(task)  # shutdown cancels a deploy still waiting for its replicas

@@ -10,6 +10,9 @@
     ├── ModelCacheClosedError (RuntimeError)   503: the replica is stopping; its models are gone
     ├── NoModelLoaderError (TypeError)  400: preload or pin on a deployment without a loader
     ├── ReplicaDiedError                503: the replica serving the request died
+    ├── ReplicasNotReadyError (TimeoutError)   503: a deployment's replicas did not come up in time
+    ├── ShuttingDownError               503: modelplex is shutting down
+    ├── UnserializableArgumentsError (TypeError)   a handle call's arguments cannot be pickled
     ├── BackPressureError               503: queue full; carries `queued` and `limit`
     ├── RequestTimeoutError (TimeoutError)     504: no answer within the request timeout
     ├── MethodNotFoundError (AttributeError)   the deployment has no such method
@@ -79,9 +82,12 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "ReplicaDiedError",
+    "ReplicasNotReadyError",
+    "ShuttingDownError",
     "RequestTimeoutError",
     "RouteNotFoundError",
     "UnauthorizedError",
+    "UnserializableArgumentsError",
     "UnserializableResultError",
     "error_response",
     "http_status_for",
@@ -190,6 +196,28 @@ class NoModelLoaderError(ModelplexError, TypeError):
             f"Replica '{replica_id}' has no @serve.multiplexed loader to preload or pin with."
         )
         self.replica_id = replica_id
+
+
+class ShuttingDownError(ModelplexError):
+    """modelplex is shutting down: the request was refused, or its router closed under it."""
+
+    http_status = 503
+
+    def __init__(self, message: str = "modelplex is shutting down") -> None:
+        super().__init__(message)
+
+
+class ReplicasNotReadyError(ModelplexError, TimeoutError):
+    http_status = 503
+
+    def __init__(self, deployment: str, timeout_s: float) -> None:
+        super().__init__(f"The replicas of {deployment} were not ready within {timeout_s}s.")
+        self.deployment = deployment
+        self.timeout_s = timeout_s
+
+
+class UnserializableArgumentsError(ModelplexError, TypeError):
+    """The arguments of a handle call cannot be pickled, so they cannot reach a replica."""
 
 
 class ReplicaDiedError(ModelplexError):

@@ -76,7 +76,10 @@ class Replica:
         self.awaited: dict[str, float] = {}
         self.idle = asyncio.Event()
         self.idle.set()
-        self.models_version = 0
+        self.models_version = 0  # user loop only
+        # The last update computed on the user loop, which owns the caches; the control loop
+        # greets new connections with it and never reads a cache itself.
+        self.latest_update = ModelsUpdate(self.replica_id, 0, {}, (), True)
         self.stopping = False
 
     # ---- life cycle --------------------------------------------------------------------------
@@ -182,6 +185,7 @@ class Replica:
         return ModelsUpdate(self.replica_id, self.models_version, loaded, tuple(loading), has_room)
 
     def _broadcast(self, update: ModelsUpdate) -> None:
+        self.latest_update = update
         for conn in list(self.conns):
             try:
                 conn.send_nowait(update)
@@ -193,7 +197,7 @@ class Replica:
     async def _serve(self, conn: Connection) -> None:
         self.conns.add(conn)
         try:
-            conn.send_nowait(self._models_update())
+            conn.send_nowait(self.latest_update)
             while True:
                 message = await conn.recv()
                 if isinstance(message, Call):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -189,12 +190,15 @@ class SpillMeter:
     passing (debt never grows from a clock going backwards).
     """
 
-    def __init__(self, half_life_s: float = 10.0) -> None:
+    def __init__(self, half_life_s: float = 10.0, max_entries: int | None = None) -> None:
         if isinstance(half_life_s, bool) or not isinstance(half_life_s, (int, float)):
             raise TypeError(f"half_life_s must be a number, got {half_life_s!r}")
         if not half_life_s > 0 or math.isinf(half_life_s):
             raise ValueError(f"half_life_s must be a finite number > 0, got {half_life_s!r}")
+        if max_entries is not None and (isinstance(max_entries, bool) or max_entries < 1):
+            raise ValueError(f"max_entries must be >= 1 or None, got {max_entries!r}")
         self.half_life_s = float(half_life_s)
+        self.max_entries = max_entries
         self._debts: dict[str, tuple[float, float]] = {}  # model_id -> (debt, as of time)
 
     def _decayed(self, model_id: str, now: float) -> float:
@@ -211,6 +215,8 @@ class SpillMeter:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
         value = self._decayed(model_id, now) + seconds
         previous = self._debts.get(model_id)
+        if previous is None and self.max_entries is not None and len(self._debts) >= self.max_entries:
+            self._make_room(now)
         at = now if previous is None else max(now, previous[1])
         self._debts[model_id] = (value, at)
         return value
@@ -227,6 +233,13 @@ class SpillMeter:
         """Drop entries whose debt has decayed under ``below`` so the dict stays bounded."""
         for model_id in [m for m in self._debts if self._decayed(m, now) < below]:
             del self._debts[model_id]
+
+    def _make_room(self, now: float) -> None:
+        """Forget idle debts; if that frees too little, the oldest quarter (amortized O(1))."""
+        self.forget_idle(now)
+        if len(self._debts) >= self.max_entries:
+            for model_id in list(itertools.islice(self._debts, max(1, self.max_entries // 4))):
+                del self._debts[model_id]
 
     def __len__(self) -> int:
         return len(self._debts)

@@ -22,12 +22,13 @@ import logging
 import pickle
 import secrets
 import socket
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 import cloudpickle
 
 __all__ = [
     "AuthenticationError",
+    "Channel",
     "Connection",
     "ConnectionClosed",
     "MAX_FRAME_BYTES",
@@ -58,6 +59,19 @@ class ConnectionClosed(ConnectionError):
 
 class AuthenticationError(ConnectionError):
     """The handshake failed: the peer does not hold this cluster's secret, or is not modelplex."""
+
+
+class Channel(Protocol):
+    """What a peer sees of a connection: the seam that ``modelplex._memory`` fills in tests."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def send_nowait(self, obj: object) -> None: ...
+
+    async def recv(self) -> object: ...
+
+    def close(self) -> None: ...
 
 
 def new_secret() -> bytes:

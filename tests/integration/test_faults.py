@@ -334,7 +334,7 @@ def test_unauthenticated_pickle_to_a_replica_port_is_refused(serve_instance, tmp
     handle.pid.remote().result()
     routers = current_runtime().registry._routers  # where the proxy's router connected
     [router] = routers.values()
-    [replica] = router._replicas.values()
+    [address] = router.replica_addresses().values()
 
     class Evil:
         def __reduce__(self):
@@ -344,7 +344,7 @@ def test_unauthenticated_pickle_to_a_replica_port_is_refused(serve_instance, tmp
     import struct
 
     payload = pickle.dumps(Evil())
-    with socket.create_connection(tuple(replica.info.address)) as sock:
+    with socket.create_connection(tuple(address)) as sock:
         sock.settimeout(5)
         sock.sendall(struct.pack(">Q", len(payload)) + payload + b"\x00" * 64)
         data = b""
