@@ -19,7 +19,7 @@ from ._api import (
     unload_model,
     unpin_model,
 )
-from ._backends import ProxyInfo
+from ._specs import ProxyInfo
 from ._config import HTTPOptions
 from ._context import get_multiplexed_model_id
 from ._deployment import Application, Deployment, deployment

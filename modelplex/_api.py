@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _runtime
-from ._backends import ProxyInfo
+from ._specs import ProxyInfo
 from ._config import ClusterOptions, HTTPOptions
 from ._deployment import Application
 from ._errors import ApplicationNotFoundError

@@ -1,9 +1,12 @@
 """The controller: which applications exist, and which replicas serve each deployment.
 
-It lives in the process that called ``serve.run``, on the driver loop. It starts replicas
-through a backend, learns they are ready when they dial in, publishes each deployment's replica
-set under a version number (routers long-poll ``watch``), replaces replicas that die, and on
-redeploy starts the new replicas before it drains and stops the old ones.
+It lives in the process that called ``serve.run``, on the driver loop. Each deployment has a
+*target* (its spec, a replica count and a code version); one loop compares every target with
+the replicas it observes and applies what ``_reconcile.reconcile`` decides: start, stop, give up
+on a version and roll back. Events (a replica ready, a replica gone, a health check missed) only
+record what happened and wake the loop, which also runs on a timer. Replica sets are published
+under a version number (routers long-poll ``watch``); a redeploy is a rollout: new replicas
+start before old ones stop.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import random
 import signal
 import string
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ._backends import Backend, ReplicaProcess, ReplicaSpec
+from ._backends import Backend, ReplicaProcess
 from ._config import DeploymentConfig
 from ._errors import ApplicationNotFoundError, DeploymentFailedError, ShuttingDownError
 from ._messages import (
@@ -30,20 +34,21 @@ from ._messages import (
     ReplicaSet,
     ReplicaStartFailed,
     ReplicaStopped,
+    RouteTable,
     StopReplica,
     WatchReplicas,
     WatchRoutes,
-    RouteTable,
 )
-from ._transport import Connection, ConnectionClosed, Server, start_server
+from ._reconcile import History, Phase, Policy, ReplicaObservation, Target, reconcile
+from ._specs import ReplicaSpec
+from ._transport import Channel, ConnectionClosed, Server, start_server
 
 logger = logging.getLogger("modelplex.controller")
 
 _WATCH_TIMEOUT_S = 30.0
-_RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-_START_TIMEOUT_S = 300.0
 _START_WARN_S = 30.0
 _ROUTES_ACK_TIMEOUT_S = 5.0
+_LOOP_PERIOD_S = 1.0  # the loop looks again at least this often, events or not
 
 
 @dataclass(frozen=True)
@@ -57,22 +62,44 @@ class DeploymentSpec:
 @dataclass
 class _Replica:
     replica_id: str
-    process: ReplicaProcess
-    ready: asyncio.Future
+    spec: DeploymentSpec
+    code_version: int
+    phase: Phase
+    since: float
+    process: ReplicaProcess | None = None
     address: tuple[str, int] | None = None
-    control: Connection | None = None
+    control: Channel | None = None
+    error: str = ""  # what the replica said when it could not start
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
-    stopping: bool = False
     pong: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def observe(self) -> ReplicaObservation:
+        return ReplicaObservation(self.replica_id, self.phase, self.code_version, self.since)
 
 
 @dataclass
 class _Deployment:
     id: DeploymentID
     spec: DeploymentSpec
+    code_version: int = 1
+    previous: tuple[DeploymentSpec, int] | None = None  # the last version that ran whole
+    removed: bool = False  # target: no replicas, then forget the deployment
     replicas: dict[str, _Replica] = field(default_factory=dict)
-    live: bool = True
-    failures: int = 0
+    history: History = field(default_factory=History)
+    last_error: tuple[str, str] = ("", "")  # (message, traceback) of the last failed start
+    waiters: list[asyncio.Future] = field(default_factory=list)
+    published: tuple = ()  # what the last published replica set held
+
+    def target(self) -> Target:
+        return Target(0 if self.removed else self.spec.config.num_replicas, self.code_version)
+
+    def settled(self) -> bool:
+        """The target is met and no other replica is left, not even one stopping."""
+        want = self.target().num_replicas
+        return len(self.replicas) == want and all(
+            r.phase is Phase.RUNNING and r.code_version == self.code_version
+            for r in self.replicas.values()
+        )
 
 
 @dataclass
@@ -80,37 +107,58 @@ class _App:
     name: str
     route_prefix: str
     ingress: DeploymentID
-    deployments: dict[str, _Deployment]
+    deployments: list[DeploymentID]
 
 
 class Controller:
-    def __init__(self, backend: Backend, *, secret: bytes, log_dir: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        secret: bytes,
+        log_dir: str,
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._backend = backend
         self._secret = secret
         self._log_dir = log_dir
+        self._policy = policy or Policy()
+        self._clock = clock
         self._apps: dict[str, _App] = {}
-        self._published: dict[DeploymentID, _Deployment] = {}
+        self._deployments: dict[DeploymentID, _Deployment] = {}
         self._versions: dict[DeploymentID, int] = {}
         self._changed = asyncio.Condition()
-        self._starting: dict[str, _Replica] = {}
+        self._starting: dict[str, tuple[_Deployment, _Replica]] = {}
         self._server: Server | None = None
+        self._address: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task] = set()
         self._deploy_lock = asyncio.Lock()
         self._cache_limits: dict[DeploymentID, tuple] = {}
         self._routes_version = 0
         self._deploys: set[asyncio.Task] = set()
         self._route_watchers: dict[int, int] = {}  # id(connection) -> route version it has
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
         self._closed = False
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
+        if self._address is None:
             raise RuntimeError("controller not started")
-        return self._server.address
+        return self._address
 
-    async def start(self, host: str = "127.0.0.1") -> None:
-        """Listen on ``host``: loopback alone unless a backend places replicas on other hosts."""
-        self._server = await start_server(self._on_connection, secret=self._secret, host=host)
+    async def start(self, host: str = "127.0.0.1", *, listen: bool = True) -> None:
+        """Listen on ``host``: loopback alone unless a backend places replicas on other hosts.
+
+        With ``listen=False`` (tests on the in-process backend) replicas reach ``accept``
+        through another transport, and the address is only a name."""
+        if listen:
+            self._server = await start_server(self.accept, secret=self._secret, host=host)
+            self._address = self._server.address
+        else:
+            self._address = (host, 0)
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     # ---- applications ------------------------------------------------------------------------
 
@@ -153,7 +201,7 @@ class Controller:
         app = self._apps.get(app_name)
         if app is None:
             raise ApplicationNotFoundError(app_name)
-        return app.ingress, [d.id for d in app.deployments.values()]
+        return app.ingress, list(app.deployments)
 
     async def deploy(
         self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str
@@ -178,43 +226,77 @@ class Controller:
                         f"route_prefix {route_prefix!r} is already used by application "
                         f"{other.name!r}"
                     )
-            new = {
-                spec.config.name: _Deployment(DeploymentID(name, spec.config.name), spec)
-                for spec in specs
-            }
-            for deployment in new.values():  # a redeploy starts from the code's own limits
-                self._cache_limits.pop(deployment.id, None)
+            changed = [self._set_target(DeploymentID(name, spec.config.name), spec) for spec in specs]
             try:
-                await asyncio.gather(*(self._start_replicas(d) for d in new.values()))
+                await self._settle(changed)
             except BaseException:
-                await asyncio.gather(
-                    *(self._stop_deployment(d) for d in new.values()), return_exceptions=True
-                )
+                for deployment in changed:
+                    self._roll_back(deployment)
+                self._wake.set()
                 raise
             old = self._apps.get(name)
-            self._apps[name] = _App(name, route_prefix, DeploymentID(name, ingress), new)
-            for deployment in new.values():
-                self._published[deployment.id] = deployment
-            await self._notify(*(d.id for d in new.values()))
+            ids = [d.id for d in changed]
+            self._apps[name] = _App(name, route_prefix, DeploymentID(name, ingress), ids)
             await self._routes_changed()
             if old is not None:
-                stale = [d for n, d in old.deployments.items() if n not in new]
-                for d in stale:
-                    self._published.pop(d.id, None)
-                await self._notify(*(d.id for d in stale))
-                await asyncio.gather(*(self._stop_deployment(d) for d in old.deployments.values()))
+                await self._remove([d for d in old.deployments if d not in ids])
+
+    def _set_target(self, deployment_id: DeploymentID, spec: DeploymentSpec) -> _Deployment:
+        """A new deployment, or a new code version of one: the loop rolls it out."""
+        self._cache_limits.pop(deployment_id, None)  # a redeploy starts from the code's limits
+        deployment = self._deployments.get(deployment_id)
+        if deployment is None:
+            deployment = _Deployment(deployment_id, spec)
+            self._deployments[deployment_id] = deployment
+        else:
+            if deployment.history.healthy_once and not deployment.removed:
+                deployment.previous = (deployment.spec, deployment.code_version)
+            deployment.spec = spec
+            deployment.code_version += 1
+            deployment.removed = False
+            deployment.history = History()
+        return deployment
+
+    def _roll_back(self, deployment: _Deployment) -> None:
+        """A deploy failed or was cancelled: go back to the version that ran, or away."""
+        if deployment.previous is not None:
+            deployment.spec, deployment.code_version = deployment.previous
+            deployment.history = History(healthy_once=True)
+        else:
+            deployment.removed = True
+
+    async def _settle(self, deployments: list[_Deployment]) -> None:
+        """Wake the loop and wait until each deployment meets its target, or fails."""
+        loop = asyncio.get_running_loop()
+        waits = []
+        for deployment in deployments:
+            future = loop.create_future()
+            deployment.waiters.append(future)
+            waits.append(future)
+        self._wake.set()
+        try:
+            await asyncio.gather(*waits)
+        finally:
+            for future in waits:
+                future.cancel()  # no-op once done; frees the others if one failed
+
+    async def _remove(self, deployment_ids: list[DeploymentID]) -> None:
+        gone = []
+        for deployment_id in deployment_ids:
+            deployment = self._deployments.get(deployment_id)
+            if deployment is not None:
+                deployment.removed = True
+                gone.append(deployment)
+        if gone:
+            await self._settle(gone)
 
     async def delete(self, name: str) -> None:
         async with self._deploy_lock:
             app = self._apps.pop(name, None)
             if app is None:
                 return
-            for deployment in app.deployments.values():
-                if self._published.get(deployment.id) is deployment:
-                    del self._published[deployment.id]
-            await self._notify(*(d.id for d in app.deployments.values()))
             await self._routes_changed()
-            await asyncio.gather(*(self._stop_deployment(d) for d in app.deployments.values()))
+            await self._remove(app.deployments)
 
     async def shutdown(self) -> None:
         deploys = list(self._deploys)
@@ -223,8 +305,9 @@ class Controller:
         await asyncio.gather(*deploys, return_exceptions=True)
         for name in list(self._apps):
             await self.delete(name)
+        await self._remove(list(self._deployments))  # what a cancelled deploy left
         self._closed = True
-        tasks = list(self._tasks)
+        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -235,22 +318,25 @@ class Controller:
     # ---- replica sets ------------------------------------------------------------------------
 
     def replica_set(self, deployment_id: DeploymentID) -> ReplicaSet:
-        deployment = self._published.get(deployment_id)
+        deployment = self._deployments.get(deployment_id)
         version = self._versions.get(deployment_id, 0)
-        if deployment is None:
+        if deployment is None or deployment.removed:
             return ReplicaSet(deployment_id, version, (), exists=False)
         config = deployment.spec.config
-        replicas = tuple(
-            ReplicaInfo(r.replica_id, r.address, config.max_ongoing_requests)
-            for r in deployment.replicas.values()
-            if r.address is not None and not r.stopping
-        )
         return ReplicaSet(
             deployment_id,
             version,
-            replicas,
+            self._published(deployment),
             config.max_queued_requests,
             max_replicas_per_model=config.max_replicas_per_model,
+        )
+
+    @staticmethod
+    def _published(deployment: _Deployment) -> tuple[ReplicaInfo, ...]:
+        return tuple(
+            ReplicaInfo(r.replica_id, r.address, r.spec.config.max_ongoing_requests)
+            for r in deployment.replicas.values()
+            if r.phase is Phase.RUNNING and r.address is not None
         )
 
     async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet:
@@ -269,25 +355,97 @@ class Controller:
             except asyncio.TimeoutError:
                 pass
 
-    async def _notify(self, *deployment_ids: DeploymentID) -> None:
+    async def _publish(self, deployment: _Deployment) -> None:
+        """Bump the deployment's version if what routers should see changed."""
+        published = (deployment.removed, deployment.spec.config, self._published(deployment))
+        if published == deployment.published:
+            return
+        deployment.published = published
         async with self._changed:
-            for deployment_id in deployment_ids:
-                self._versions[deployment_id] = self._versions.get(deployment_id, 0) + 1
+            self._versions[deployment.id] = self._versions.get(deployment.id, 0) + 1
             self._changed.notify_all()
+
+    # ---- the reconcile loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closed:
+            self._wake.clear()
+            wake_at = self._clock() + _LOOP_PERIOD_S
+            for deployment in list(self._deployments.values()):
+                try:
+                    at = await self._reconcile(deployment)
+                except Exception:
+                    logger.exception("Reconciling %s failed; trying again.", deployment.id)
+                    at = None
+                if at is not None:
+                    wake_at = min(wake_at, at)
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - self._clock()))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _reconcile(self, deployment: _Deployment) -> float | None:
+        now = self._clock()
+        observed = [r.observe() for r in deployment.replicas.values()]
+        plan = reconcile(deployment.target(), observed, deployment.history, now, self._policy)
+        for reason in plan.reasons:
+            logger.debug("%s: %s", deployment.id, reason)
+        for replica_id in plan.timed_out:
+            replica = deployment.replicas[replica_id]
+            replica.error = f"replica {replica_id} did not start within {self._policy.start_timeout_s:g}s"
+            self._start_failed(deployment, replica)
+        stopping = [deployment.replicas[r] for r in plan.stop]
+        for replica in stopping:
+            replica.phase, replica.since = Phase.STOPPING, now
+        await self._publish(deployment)  # routers stop sending to them before they drain
+        for replica in stopping:
+            self._spawn(self._stop_replica(replica))
+        if plan.failed:
+            self._give_up(deployment)
+            self._wake.set()
+        for _ in range(plan.start):
+            self._start_replica(deployment, now)
+        self._check_waiters(deployment)
+        return plan.wake_at
+
+    def _check_waiters(self, deployment: _Deployment) -> None:
+        if deployment.settled():
+            if not deployment.removed:
+                deployment.history = History(healthy_once=True)
+            waiters, deployment.waiters = deployment.waiters, []
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+            if deployment.removed and self._deployments.get(deployment.id) is deployment:
+                del self._deployments[deployment.id]
+                self._cache_limits.pop(deployment.id, None)
+
+    def _give_up(self, deployment: _Deployment) -> None:
+        message, tb = deployment.last_error
+        error = DeploymentFailedError(deployment.id.name, message or "its replicas kept failing", tb)
+        logger.error("%s", str(error).splitlines()[0])
+        waiters, deployment.waiters = deployment.waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_exception(error)
+        self._roll_back(deployment)
 
     # ---- replicas ----------------------------------------------------------------------------
 
-    async def _start_replicas(self, deployment: _Deployment) -> None:
-        count = deployment.spec.config.num_replicas
-        await asyncio.gather(*(self._start_replica(deployment) for _ in range(count)))
-
-    async def _start_replica(self, deployment: _Deployment) -> _Replica:
+    def _start_replica(self, deployment: _Deployment, now: float) -> None:
         replica_id = f"{deployment.id}#{''.join(random.choices(string.ascii_letters, k=6))}"
-        config = deployment.spec.config
+        replica = _Replica(replica_id, deployment.spec, deployment.code_version, Phase.STARTING, now)
+        deployment.replicas[replica_id] = replica
+        self._starting[replica_id] = (deployment, replica)
+        self._spawn(self._run_replica(deployment, replica))
+
+    async def _run_replica(self, deployment: _Deployment, replica: _Replica) -> None:
+        """Start one replica and follow it to its end; what happened wakes the loop."""
+        config = replica.spec.config
         spec = ReplicaSpec(
-            replica_id=replica_id,
+            replica_id=replica.replica_id,
             deployment_id=deployment.id,
-            payload=deployment.spec.payload,
+            payload=replica.spec.payload,
             max_ongoing=config.max_ongoing_requests,
             controller_address=self.address,
             secret=self._secret,
@@ -297,103 +455,75 @@ class Controller:
             ray_actor_options=config.ray_actor_options,
             cache_limits=self._cache_limits.get(deployment.id),
         )
-        loop = asyncio.get_running_loop()
-        process = await self._backend.start(spec)
-        replica = _Replica(replica_id, process, loop.create_future())
-        self._starting[replica_id] = replica
-        deployment.replicas[replica_id] = replica
-        self._spawn(self._monitor(deployment, replica))
         try:
-            await self._wait_started(replica, config)
-        except BaseException:
-            deployment.replicas.pop(replica_id, None)
-            replica.stopping = True
-            process.kill()
-            raise
-        finally:
-            self._starting.pop(replica_id, None)
-        deployment.failures = 0
-        self._spawn(self._health_check(deployment, replica))
-        return replica
-
-    async def _wait_started(self, replica: _Replica, config: DeploymentConfig) -> None:
-        """Wait for ReplicaReady, saying so every little while: a replica that no node has
-        room for waits in the backend's queue, and the user should hear why."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        while True:
-            remaining = started + _START_TIMEOUT_S - loop.time()
             try:
-                await asyncio.wait_for(asyncio.shield(replica.ready), min(_START_WARN_S, remaining))
-                return
-            except asyncio.TimeoutError:
-                if remaining <= _START_WARN_S:
-                    raise DeploymentFailedError(
-                        config.name, f"replica {replica.replica_id} did not start within "
-                        f"{_START_TIMEOUT_S:.0f}s"
-                    ) from None
-                waiting = loop.time() - started
-                where = (
-                    f"; no node may have the resources it asks for ({dict(config.ray_actor_options)})"
-                    if config.ray_actor_options else ""
-                )
-                logger.warning(
-                    "Replica %s has not started after %.0fs%s.", replica.replica_id, waiting, where
-                )
-
-    async def _monitor(self, deployment: _Deployment, replica: _Replica) -> None:
-        code = await replica.process.wait()
-        replica.stopped.set()
-        if not replica.ready.done():
-            replica.ready.set_exception(
-                DeploymentFailedError(
-                    deployment.id.name, f"replica {replica.replica_id} {_how_it_ended(replica.process, code)}"
-                )
-            )
-            replica.ready.exception()  # mark retrieved
-        if replica.stopping or self._closed:
-            return
-        logger.warning(
-            "Replica %s %s; replacing it.", replica.replica_id, _how_it_ended(replica.process, code)
-        )
-        deployment.replicas.pop(replica.replica_id, None)
-        await self._notify(deployment.id)
-        if deployment.live and self._published.get(deployment.id) is deployment:
-            self._spawn(self._replace(deployment))
-
-    async def _replace(self, deployment: _Deployment) -> None:
-        while deployment.live and not self._closed:
-            try:
-                await self._start_replica(deployment)
-                await self._notify(deployment.id)
-                return
+                replica.process = await self._backend.start(spec)
             except Exception as exc:
-                deployment.failures += 1
-                delay = _RESTART_BACKOFF_S[min(deployment.failures, len(_RESTART_BACKOFF_S)) - 1]
-                logger.error(
-                    "Replacing a replica of %s failed (%s); retrying in %.1fs.",
-                    deployment.id, exc, delay,
-                )
-                await asyncio.sleep(delay)
+                replica.error = f"the backend could not start it: {type(exc).__name__}: {exc}"
+                code: int | None = None
+            else:
+                if replica.phase is Phase.STOPPING:
+                    replica.process.kill()
+                warn = asyncio.get_running_loop().create_task(self._warn_while_starting(replica))
+                try:
+                    code = await replica.process.wait()
+                finally:
+                    warn.cancel()
+        finally:
+            replica.stopped.set()
+            self._starting.pop(replica.replica_id, None)
+        how = _how_it_ended(replica.process, code) if replica.process is not None else replica.error
+        if replica.phase is Phase.STARTING:
+            replica.error = replica.error or f"replica {replica.replica_id} {how}"
+            self._start_failed(deployment, replica)
+        elif replica.phase is Phase.RUNNING and not self._closed:
+            logger.warning("Replica %s %s; replacing it.", replica.replica_id, how)
+        if deployment.replicas.get(replica.replica_id) is replica:
+            del deployment.replicas[replica.replica_id]
+        self._wake.set()
 
-    async def _stop_deployment(self, deployment: _Deployment) -> None:
-        deployment.live = False
-        await asyncio.gather(
-            *(self._stop_replica(deployment, r) for r in list(deployment.replicas.values()))
+    def _start_failed(self, deployment: _Deployment, replica: _Replica) -> None:
+        """Count one failed start of the target version (others no longer matter)."""
+        if replica.code_version != deployment.code_version or replica.phase is not Phase.STARTING:
+            return
+        replica.phase, replica.since = Phase.STOPPING, self._clock()
+        history = deployment.history
+        deployment.history = History(history.failures + 1, self._clock(), history.healthy_once)
+        message, _, tb = replica.error.partition("\n")
+        deployment.last_error = (message, tb)
+        logger.error(
+            "Replica %s of %s failed to start (%d in a row): %s",
+            replica.replica_id, deployment.id, deployment.history.failures, message,
         )
+        if replica.process is not None:
+            replica.process.kill()
 
-    async def _stop_replica(self, deployment: _Deployment, replica: _Replica) -> None:
-        replica.stopping = True
-        timeout = deployment.spec.config.graceful_shutdown_timeout_s
+    async def _warn_while_starting(self, replica: _Replica) -> None:
+        """A replica that no node has room for waits in the backend's queue: say why."""
+        started = self._clock()
+        while True:
+            await asyncio.sleep(_START_WARN_S)
+            if replica.phase is not Phase.STARTING:
+                return
+            options = replica.spec.config.ray_actor_options
+            where = (
+                f"; no node may have the resources it asks for ({dict(options)})" if options else ""
+            )
+            logger.warning(
+                "Replica %s has not started after %.0fs%s.",
+                replica.replica_id, self._clock() - started, where,
+            )
+
+    async def _stop_replica(self, replica: _Replica) -> None:
+        timeout = replica.spec.config.graceful_shutdown_timeout_s
         if replica.control is not None and not replica.control.closed:
             try:
-                await replica.control.send(StopReplica(timeout))
+                replica.control.send_nowait(StopReplica(timeout))
                 await asyncio.wait_for(replica.stopped.wait(), timeout + 10.0)
             except (ConnectionClosed, asyncio.TimeoutError, OSError):
                 pass
-        replica.process.kill()
-        await replica.stopped.wait()
-        deployment.replicas.pop(replica.replica_id, None)
+        if replica.process is not None:
+            replica.process.kill()
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -402,14 +532,15 @@ class Controller:
 
     # ---- the control channel -----------------------------------------------------------------
 
-    async def _on_connection(self, conn: Connection) -> None:
+    async def accept(self, conn: Channel) -> None:
+        """Serve one peer: a replica's control channel, or a watcher of replica sets or routes."""
         try:
             message = await conn.recv()
             if isinstance(message, (ReplicaReady, ReplicaStartFailed)):
                 await self._replica_channel(conn, message)
             elif isinstance(message, WatchReplicas):
                 while True:
-                    await conn.send(await self.watch(message.deployment_id, message.known_version))
+                    conn.send_nowait(await self.watch(message.deployment_id, message.known_version))
                     message = await conn.recv()
                     if not isinstance(message, WatchReplicas):
                         return
@@ -418,7 +549,7 @@ class Controller:
                 try:
                     while True:
                         await self._route_watcher_at(conn, message.known_version)
-                        await conn.send(await self.watch_routes(message.known_version))
+                        conn.send_nowait(await self.watch_routes(message.known_version))
                         message = await conn.recv()
                         if not isinstance(message, WatchRoutes):
                             return
@@ -427,22 +558,23 @@ class Controller:
         except ConnectionClosed:
             return
 
-    async def _replica_channel(self, conn: Connection, first: object) -> None:
-        replica = self._starting.get(getattr(first, "replica_id", ""))
+    async def _replica_channel(self, conn: Channel, first: object) -> None:
+        deployment, replica = self._starting.get(getattr(first, "replica_id", ""), (None, None))
         if replica is None:
             return
         if isinstance(first, ReplicaStartFailed):
-            if not replica.ready.done():
-                name = replica.replica_id.split("#")[0]
-                replica.ready.set_exception(
-                    DeploymentFailedError(name, first.error, first.traceback)
-                )
-            return
+            replica.error = f"{first.error}\n{first.traceback}".rstrip()
+            return  # the replica exits; its end counts the failure
         assert isinstance(first, ReplicaReady)
+        if replica.phase is not Phase.STARTING:
+            return  # stopped or given up on meanwhile; the process is being killed
         replica.address = first.address
         replica.control = conn
-        if not replica.ready.done():
-            replica.ready.set_result(None)
+        replica.phase, replica.since = Phase.RUNNING, self._clock()
+        if replica.code_version == deployment.code_version:
+            deployment.history = History(0, -float("inf"), deployment.history.healthy_once)
+        self._wake.set()
+        self._spawn(self._health_check(replica))
         # Keep the channel open: StopReplica and Ping go out on it; answers come back.
         while True:
             message = await conn.recv()
@@ -451,7 +583,7 @@ class Controller:
             elif isinstance(message, ReplicaStopped):
                 return
 
-    async def _route_watcher_at(self, conn: Connection, version: int | None) -> None:
+    async def _route_watcher_at(self, conn: Channel, version: int | None) -> None:
         async with self._changed:
             if version is None:
                 self._route_watchers.pop(id(conn), None)
@@ -459,36 +591,38 @@ class Controller:
                 self._route_watchers[id(conn)] = version
             self._changed.notify_all()
 
-    async def _health_check(self, deployment: _Deployment, replica: _Replica) -> None:
+    async def _health_check(self, replica: _Replica) -> None:
         """Ping the replica's control loop; one that stops answering is killed and replaced.
 
         User code runs on another loop, so a slow model load never fails this check; only a
         wedged process (stopped, deadlocked, a C call holding the GIL) does."""
-        config = deployment.spec.config
+        config = replica.spec.config
         seq = 0
-        while not replica.stopping and not replica.stopped.is_set():
+        while replica.phase is Phase.RUNNING and not replica.stopped.is_set():
             await asyncio.sleep(config.health_check_period_s)
-            if replica.stopping or replica.control is None or replica.control.closed:
+            control = replica.control
+            if replica.phase is not Phase.RUNNING or control is None or control.closed:
                 return
             seq += 1
             replica.pong.clear()
             try:
-                replica.control.send_nowait(Ping(seq))
+                control.send_nowait(Ping(seq))
                 await asyncio.wait_for(replica.pong.wait(), config.health_check_timeout_s)
             except asyncio.TimeoutError:
-                if replica.stopping:
+                if replica.phase is not Phase.RUNNING:
                     return
                 logger.error(
                     "Replica %s did not answer a health check within %.1fs; killing it.",
                     replica.replica_id, config.health_check_timeout_s,
                 )
-                replica.process.kill()
+                if replica.process is not None:
+                    replica.process.kill()
                 return
             except (ConnectionClosed, OSError):
                 return
 
 
-def _how_it_ended(process: ReplicaProcess, code: int | None) -> str:
+def _how_it_ended(process: ReplicaProcess | None, code: int | None) -> str:
     """"exited with code 1", "was killed by SIGKILL", or the backend's own account."""
     reason = getattr(process, "exit_reason", None)
     if reason:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from ._aio import LoopThread
-from ._backends import ProxySpec
+from ._specs import ProxySpec
 from ._proxy import Proxy, ProxyApp
 from ._remote import RemoteDirectory, RemoteRoutes
 from ._router import RouterRegistry, install_registry

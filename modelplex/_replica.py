@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from . import _context, _multiplex
 from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
-from ._backends import ReplicaSpec
+from ._specs import ReplicaSpec
 from ._cache import ModelCache
 from ._errors import MethodNotFoundError, RemoteError, UnserializableResultError, error_response
 from ._http import render, to_starlette

@@ -13,7 +13,7 @@ import pickle
 import struct
 import sys
 
-from . import ProxyInfo, ProxySpec, ReplicaSpec
+from .._specs import ProxyInfo, ProxySpec, ReplicaSpec
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

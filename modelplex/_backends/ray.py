@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from . import ProxyInfo, ProxySpec, ReplicaSpec
+from .._specs import ProxyInfo, ProxySpec, ReplicaSpec
 
 # The Ray namespace of a Ray that modelplex starts itself.
 _NAMESPACE = "modelplex"

@@ -373,3 +373,52 @@ def test_wedged_replica_fails_its_health_check_and_is_replaced(serve_instance, t
 
     wait_until(replaced, timeout=20, message="the stopped replica was never replaced")
     wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z")
+
+
+def _live_replicas() -> list[int]:
+    """Replica processes this test process started that are still running."""
+    me = str(os.getpid())
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z" and b"modelplex._replica" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+@serve.deployment(num_replicas=1)
+class CrashesOnSecondStart:
+    def __init__(self, folder: str) -> None:
+        starts = len(os.listdir(folder)) + 1
+        open(os.path.join(folder, str(starts)), "w").close()
+        if starts == 2:
+            os._exit(3)  # the first replacement dies while starting
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_a_replacement_that_crashes_while_starting_is_replaced_once(serve_instance, tmp_path):
+    """The old controller replaced such a replacement twice: 2 replicas for num_replicas=1."""
+    handle = serve.run(CrashesOnSecondStart.bind(str(tmp_path)))
+    first = handle.pid.remote().result()
+    os.kill(first, signal.SIGKILL)
+
+    def served_by_a_new_replica():
+        try:
+            return handle.pid.remote().result(timeout_s=5) != first
+        except Exception:
+            return False
+
+    wait_until(served_by_a_new_replica, timeout=30)
+    time.sleep(2.0)  # room for a runaway extra replacement to start, as it did before
+    assert len(os.listdir(tmp_path)) == 3
+    assert len(_live_replicas()) == 1

@@ -1,0 +1,179 @@
+"""The controller's loop on the in-process backend: replicas are objects on the test's loop,
+and the test makes them slow, failing or crashing. No processes, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import cloudpickle
+import pytest
+
+from modelplex._backends.inprocess import InProcessBackend
+from modelplex._config import DeploymentConfig
+from modelplex._controller import Controller, DeploymentSpec
+from modelplex._errors import DeploymentFailedError
+from modelplex._memory import MemoryNetwork
+from modelplex._messages import DeploymentID
+from modelplex._reconcile import Policy
+
+FAST = Policy(start_timeout_s=0.5, backoff_s=(0.01, 0.02, 0.04))
+
+
+def spec(num_replicas: int = 1, version: str = "v1") -> DeploymentSpec:
+    return DeploymentSpec(
+        DeploymentConfig(name="d", num_replicas=num_replicas), cloudpickle.dumps(version)
+    )
+
+
+class World:
+    def __init__(self, behaviour=lambda spec: (0.0, None), policy: Policy = FAST) -> None:
+        self.net = MemoryNetwork()
+        self.backend = InProcessBackend(self.net, behaviour)
+        self.controller = Controller(self.backend, secret=b"s", log_dir="", policy=policy)
+        self.max_live = 0
+        self.backend.on_change = self._count
+
+    def _count(self) -> None:
+        self.max_live = max(self.max_live, len(self.backend.live()))
+
+    async def start(self) -> "World":
+        await self.controller.start("controller", listen=False)
+        self.net.listen(self.controller.address, self.controller.accept)
+        return self
+
+    async def deploy(self, *specs: DeploymentSpec) -> None:
+        await self.controller.deploy("app", "/", list(specs), "d")
+
+    def published(self) -> int:
+        return len(self.controller.replica_set(DeploymentID("app", "d")).replicas)
+
+    async def until(self, predicate, timeout_s: float = 5.0) -> None:
+        async def poll():
+            while not predicate():
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(poll(), timeout_s)
+
+    async def close(self) -> None:
+        await self.controller.shutdown()
+        await self.net.close()
+
+
+@pytest.fixture
+async def world():
+    made = []
+
+    async def make(**kwargs) -> World:
+        w = await World(**kwargs).start()
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        await w.close()
+
+
+async def test_deploy_starts_the_target_and_publishes_it(world):
+    w = await world()
+    await w.deploy(spec(3))
+    assert w.published() == 3 and len(w.backend.live()) == 3
+
+
+async def test_a_crashed_replica_is_replaced_once(world):
+    w = await world()
+    await w.deploy(spec(2))
+    w.backend.live()[0].crash()
+    await w.until(lambda: w.published() == 2 and len(w.backend.replicas) == 3)
+    assert w.max_live == 2
+
+
+async def test_a_replacement_that_fails_to_start_is_retried_without_a_runaway(world):
+    """The old controller's bug: a replica killed while its replacement crashes once left two
+    replicas for num_replicas=1."""
+    starts = []
+
+    def behaviour(spec):
+        starts.append(spec.replica_id)
+        return 0.0, ("boom" if len(starts) == 2 else None)
+
+    w = await world(behaviour=behaviour)
+    await w.deploy(spec(1))
+    w.backend.live()[0].crash()
+    await w.until(lambda: w.published() == 1 and len(starts) == 3)
+    await asyncio.sleep(0.2)  # time for a runaway second replacement to show itself
+    assert len(w.backend.live()) == 1 and len(starts) == 3 and w.max_live == 1
+
+
+async def test_a_constructor_that_keeps_failing_fails_the_deploy_after_three_attempts(world):
+    attempts = []
+
+    def behaviour(spec):
+        attempts.append(1)
+        return 0.0, "ValueError: bad constructor argument"
+
+    w = await world(behaviour=behaviour)
+    with pytest.raises(DeploymentFailedError, match="bad constructor argument"):
+        await w.deploy(spec(1))
+    assert len(attempts) == 3
+    await w.until(lambda: not w.backend.live())
+    assert w.controller.replica_set(DeploymentID("app", "d")).exists is False
+
+
+async def test_a_replica_that_never_starts_is_timed_out_and_replaced(world):
+    slow = [True]
+
+    def behaviour(spec):
+        return (3600.0 if slow.pop() else 0.0) if slow else 0.0, None
+
+    w = await world(behaviour=behaviour)
+    await w.deploy(spec(1))
+    assert len(w.backend.replicas) == 2 and w.published() == 1
+    assert not w.backend.replicas[0].alive  # the stuck one was stopped
+
+
+async def test_a_rollout_starts_new_replicas_before_it_stops_old_ones(world):
+    w = await world()
+    await w.deploy(spec(2, "v1"))
+    first = set(r.replica_id for r in w.backend.live())
+    await w.deploy(spec(2, "v2"))
+    now = set(r.replica_id for r in w.backend.live())
+    assert len(now) == 2 and not now & first
+    assert w.max_live <= 4 and w.published() == 2
+
+
+async def test_a_failed_rollout_keeps_the_old_version_serving(world):
+    fail_v2 = []
+
+    def behaviour(spec):
+        bad = cloudpickle.loads(spec.payload) == "v2"
+        fail_v2.append(bad)
+        return 0.0, ("RuntimeError: v2 is broken" if bad else None)
+
+    w = await world(behaviour=behaviour)
+    await w.deploy(spec(2, "v1"))
+    old = set(r.replica_id for r in w.backend.live())
+    with pytest.raises(DeploymentFailedError, match="v2 is broken"):
+        await w.deploy(spec(2, "v2"))
+    await w.until(lambda: len(w.backend.live()) == 2)
+    assert set(r.replica_id for r in w.backend.live()) == old and w.published() == 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_random_faults_never_exceed_the_target_and_converge(world, seed):
+    rng = random.Random(seed)
+
+    def behaviour(spec):
+        return rng.choice([0.0, 0.0, 0.01, 0.05]), ("flaky" if rng.random() < 0.3 else None)
+
+    w = await world(behaviour=behaviour, policy=Policy(start_timeout_s=0.04, backoff_s=(0.005,)))
+    target = 3
+    await w.deploy(spec(target))
+    w.max_live = len(w.backend.live())
+    for _ in range(30):
+        live = [r for r in w.backend.live() if r.ready]
+        if live and rng.random() < 0.6:
+            rng.choice(live).crash()
+        await asyncio.sleep(rng.choice([0.0, 0.001, 0.01]))
+    await w.until(lambda: w.published() == target and len(w.backend.live()) == target)
+    assert w.max_live <= target
