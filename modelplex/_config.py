@@ -63,6 +63,86 @@ def _check_ray_actor_options(options: Any) -> None:
         raise TypeError(f"ray_actor_options['resources'] must be a dict, got {resources!r}")
 
 
+def _number(name: str, value: Any, *, minimum: float, strict: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class AutoscalingConfig:
+    """Ray Serve 2.60's ``autoscaling_config``: the same keys, defaults and meanings.
+
+    The replica count follows ongoing plus queued requests per replica toward
+    ``target_ongoing_requests``, averaged over ``look_back_period_s``; a change must hold for
+    ``upscale_delay_s`` / ``downscale_delay_s`` before it is made. modelplex also looks at the
+    cache (see ``_autoscale``)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    initial_replicas: int | None = None
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+    downscale_to_zero_delay_s: float | None = None
+    upscaling_factor: float | None = None
+    downscaling_factor: float | None = None
+    metrics_interval_s: float = 10.0
+    look_back_period_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _int("min_replicas", self.min_replicas, minimum=0)
+        _int("max_replicas", self.max_replicas, minimum=1)
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas must be >= min_replicas ({self.min_replicas}), got {self.max_replicas}"
+            )
+        if self.initial_replicas is not None:
+            _int("initial_replicas", self.initial_replicas, minimum=0)
+            if not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+                raise ValueError(
+                    f"initial_replicas must be between min_replicas ({self.min_replicas}) and "
+                    f"max_replicas ({self.max_replicas}), got {self.initial_replicas}"
+                )
+        _number("target_ongoing_requests", self.target_ongoing_requests, minimum=0, strict=True)
+        _number("upscale_delay_s", self.upscale_delay_s, minimum=0, strict=False)
+        _number("downscale_delay_s", self.downscale_delay_s, minimum=0, strict=False)
+        if self.downscale_to_zero_delay_s is not None:
+            _number("downscale_to_zero_delay_s", self.downscale_to_zero_delay_s, minimum=0, strict=False)
+        for name in ("upscaling_factor", "downscaling_factor"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), minimum=0, strict=True)
+        _number("metrics_interval_s", self.metrics_interval_s, minimum=0, strict=True)
+        _number("look_back_period_s", self.look_back_period_s, minimum=0, strict=True)
+
+    @property
+    def start_replicas(self) -> int:
+        return self.min_replicas if self.initial_replicas is None else self.initial_replicas
+
+    @classmethod
+    def from_value(cls, value: "AutoscalingConfig | Mapping[str, Any]") -> "AutoscalingConfig":
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ValueError(
+                    f"autoscaling_config has unknown key(s) {', '.join(map(repr, sorted(unknown)))}"
+                )
+            return cls(**value)
+        raise TypeError(f"autoscaling_config must be a dict or AutoscalingConfig, got {value!r}")
+
+    @classmethod
+    def auto(cls, overrides: "AutoscalingConfig | Mapping[str, Any] | None") -> "AutoscalingConfig":
+        """What ``num_replicas="auto"`` means, as in Ray: target 2, 1 to 100 replicas."""
+        base = {"target_ongoing_requests": 2.0, "min_replicas": 1, "max_replicas": 100}
+        if isinstance(overrides, cls):
+            overrides = dataclasses.asdict(overrides)
+        return cls.from_value({**base, **dict(overrides or {})})
+
+
 @dataclass(frozen=True)
 class DeploymentConfig:
     """How one deployment runs; ``Deployment.options`` builds a new one with ``replace``."""
@@ -76,13 +156,22 @@ class DeploymentConfig:
     health_check_timeout_s: float = 30.0
     max_replicas_per_model: int | None = None
     ray_actor_options: Mapping[str, Any] | None = None
+    # With it, num_replicas is only where the count starts ("auto": Ray's defaults).
+    autoscaling_config: AutoscalingConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.num_replicas == "auto":
+            object.__setattr__(self, "autoscaling_config", AutoscalingConfig.auto(self.autoscaling_config))
+        elif self.autoscaling_config is not None:
+            object.__setattr__(
+                self, "autoscaling_config", AutoscalingConfig.from_value(self.autoscaling_config)
+            )
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if "#" in self.name or "/" in self.name:
             raise ValueError(f"name must not contain '#' or '/', got {self.name!r}")
-        _int("num_replicas", self.num_replicas, minimum=1)
+        if self.num_replicas != "auto":
+            _int("num_replicas", self.num_replicas, minimum=1)
         _int("max_ongoing_requests", self.max_ongoing_requests, minimum=1)
         _int("max_queued_requests", self.max_queued_requests, minimum=0, allow_minus_one=True)
         _positive_float("graceful_shutdown_timeout_s", self.graceful_shutdown_timeout_s)
@@ -92,6 +181,13 @@ class DeploymentConfig:
             _int("max_replicas_per_model", self.max_replicas_per_model, minimum=1)
         if self.ray_actor_options is not None:
             _check_ray_actor_options(self.ray_actor_options)
+
+    @property
+    def initial_replicas(self) -> int:
+        """How many replicas a first deploy starts."""
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.start_replicas
+        return self.num_replicas
 
     def replace(self, **changes: Any) -> "DeploymentConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

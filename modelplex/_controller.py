@@ -89,9 +89,19 @@ class _Deployment:
     last_error: tuple[str, str] = ("", "")  # (message, traceback) of the last failed start
     waiters: list[asyncio.Future] = field(default_factory=list)
     published: tuple = ()  # what the last published replica set held
+    scaled_to: int | None = None  # the autoscaler's count, when the deployment autoscales
+
+    def wanted(self) -> int:
+        config = self.spec.config
+        if config.autoscaling_config is None:
+            return config.num_replicas
+        if self.scaled_to is None:
+            return config.initial_replicas
+        scaling = config.autoscaling_config
+        return min(max(self.scaled_to, scaling.min_replicas), scaling.max_replicas)
 
     def target(self) -> Target:
-        return Target(0 if self.removed else self.spec.config.num_replicas, self.code_version)
+        return Target(0 if self.removed else self.wanted(), self.code_version)
 
     def settled(self) -> bool:
         """The target is met and no other replica is left, not even one stopping."""
@@ -204,20 +214,32 @@ class Controller:
         return app.ingress, list(app.deployments)
 
     async def deploy(
-        self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str
+        self,
+        name: str,
+        route_prefix: str,
+        specs: list[DeploymentSpec],
+        ingress: str,
+        *,
+        in_place: bool = False,
     ) -> None:
+        """Deploy (or redeploy) application ``name`` and return once it meets its target.
+
+        Every deploy rolls out new replicas, unless ``in_place``: then a deployment whose code
+        and replica options did not change keeps its replicas and only takes the new counts
+        and limits (as a config-file deploy does)."""
         if self._closed:
             raise ShuttingDownError()
         task = asyncio.current_task()
         assert task is not None
         self._deploys.add(task)  # shutdown cancels a deploy still waiting for its replicas
         try:
-            await self._deploy(name, route_prefix, specs, ingress)
+            await self._deploy(name, route_prefix, specs, ingress, in_place)
         finally:
             self._deploys.discard(task)
 
     async def _deploy(
-        self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str
+        self, name: str, route_prefix: str, specs: list[DeploymentSpec], ingress: str,
+        in_place: bool,
     ) -> None:
         async with self._deploy_lock:
             for other in self._apps.values():
@@ -226,7 +248,10 @@ class Controller:
                         f"route_prefix {route_prefix!r} is already used by application "
                         f"{other.name!r}"
                     )
-            changed = [self._set_target(DeploymentID(name, spec.config.name), spec) for spec in specs]
+            changed = [
+                self._set_target(DeploymentID(name, spec.config.name), spec, in_place)
+                for spec in specs
+            ]
             try:
                 await self._settle(changed)
             except BaseException:
@@ -241,10 +266,21 @@ class Controller:
             if old is not None:
                 await self._remove([d for d in old.deployments if d not in ids])
 
-    def _set_target(self, deployment_id: DeploymentID, spec: DeploymentSpec) -> _Deployment:
-        """A new deployment, or a new code version of one: the loop rolls it out."""
-        self._cache_limits.pop(deployment_id, None)  # a redeploy starts from the code's limits
+    def _set_target(
+        self, deployment_id: DeploymentID, spec: DeploymentSpec, in_place: bool = False
+    ) -> _Deployment:
+        """A new deployment, or a new code version of one (the loop rolls it out), or, in
+        place, new counts and limits for the replicas it has."""
         deployment = self._deployments.get(deployment_id)
+        if (
+            in_place
+            and deployment is not None
+            and not deployment.removed
+            and _same_replicas(deployment.spec, spec)
+        ):
+            deployment.spec = spec
+            return deployment
+        self._cache_limits.pop(deployment_id, None)  # a redeploy starts from the code's limits
         if deployment is None:
             deployment = _Deployment(deployment_id, spec)
             self._deployments[deployment_id] = deployment
@@ -620,6 +656,16 @@ class Controller:
                 return
             except (ConnectionClosed, OSError):
                 return
+
+
+# What a replica is built from: a change to any of these needs new replicas.
+_REPLICA_FIELDS = ("max_ongoing_requests", "ray_actor_options")
+
+
+def _same_replicas(old: DeploymentSpec, new: DeploymentSpec) -> bool:
+    return old.payload == new.payload and all(
+        getattr(old.config, f) == getattr(new.config, f) for f in _REPLICA_FIELDS
+    )
 
 
 def _how_it_ended(process: ReplicaProcess | None, code: int | None) -> str:

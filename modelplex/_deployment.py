@@ -32,7 +32,14 @@ class Deployment:
         return self._target
 
     def options(self, **changes: Any) -> "Deployment":
-        return Deployment(self._target, self._config.replace(**_drop_none(changes)))
+        changes = _drop_none(changes)
+        _check_scaling(changes)
+        if "autoscaling_config" in changes and "num_replicas" not in changes:
+            if self._config.num_replicas != "auto":
+                changes["num_replicas"] = 1
+        elif isinstance(changes.get("num_replicas"), int):
+            changes.setdefault("autoscaling_config", None)  # a fixed count ends autoscaling
+        return Deployment(self._target, self._config.replace(**changes))
 
     def bind(self, *args: Any, **kwargs: Any) -> "Application":
         return Application(self, args, kwargs)
@@ -56,6 +63,15 @@ class Application:
     kwargs: dict
 
 
+def _check_scaling(options: dict[str, Any]) -> None:
+    """As in Ray: a fixed count and an autoscaling config contradict each other."""
+    if options.get("autoscaling_config") is not None and options.get("num_replicas") not in (None, "auto"):
+        raise ValueError(
+            "Manually setting num_replicas is not allowed when autoscaling_config is provided; "
+            "use num_replicas='auto' or leave it out."
+        )
+
+
 def _drop_none(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
@@ -64,7 +80,7 @@ def deployment(
     _target: Callable | None = None,
     *,
     name: str | None = None,
-    num_replicas: int | None = None,
+    num_replicas: int | str | None = None,
     max_ongoing_requests: int | None = None,
     max_queued_requests: int | None = None,
     graceful_shutdown_timeout_s: float | None = None,
@@ -72,6 +88,7 @@ def deployment(
     health_check_timeout_s: float | None = None,
     max_replicas_per_model: int | None = None,
     ray_actor_options: dict | None = None,
+    autoscaling_config: dict | None = None,
 ) -> Any:
     """Turn a class or function into a deployment, bare (``@deployment``) or with options."""
     options = _drop_none(
@@ -84,8 +101,10 @@ def deployment(
             health_check_timeout_s=health_check_timeout_s,
             max_replicas_per_model=max_replicas_per_model,
             ray_actor_options=ray_actor_options,
+            autoscaling_config=autoscaling_config,
         )
     )
+    _check_scaling(options)
 
     def decorate(target: Callable) -> Deployment:
         if not callable(target):
