@@ -44,7 +44,9 @@ from ._leases import Leases, held_keys
 from ._storage_config import StorageConfig, Validate
 from ._stores import Progress, RemoteObject, Store, classify, redact_text
 
-__all__ = ["DiskCache", "configure", "current", "local_artifacts", "node_artifacts", "release_scope"]
+__all__ = [
+    "DiskCache", "configure", "current", "local_artifacts", "node_artifacts", "release_scope", "reset",
+]
 
 logger = logging.getLogger("modelplex.storage")
 
@@ -487,3 +489,11 @@ def node_artifacts() -> tuple[str, list[ArtifactStatus]]:
     """(node id, its artifacts): what a replica answers for ``serve.list_artifacts``."""
     cache = current()
     return cache.node_id, cache.artifacts()
+
+
+def reset() -> None:
+    """Forget the config read from the environment (the next ``current`` reads it again)."""
+    global _config
+    with _state_lock:
+        _config = None
+        _caches.clear()
