@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._leases import Leases, held_keys
 from ._storage_config import StorageConfig, Validate
-from ._stores import Progress, RemoteObject, Store, classify, redact_text
+from ._stores import Progress, RemoteObject, Store, classify, describe
 
 __all__ = [
     "DiskCache", "configure", "current", "local_artifacts", "node_artifacts", "release_scope", "reset",
@@ -252,11 +252,12 @@ class DiskCache:
         loop = asyncio.get_running_loop()
         start = loop.time()
         attempts = 0
+        detail = ""
         while True:
             attempts += 1
             remaining = start + deadline_s - loop.time()
             try:
-                return await asyncio.wait_for(op(), max(remaining, 0.001))
+                return await asyncio.wait_for(op(), max(remaining, 0.01))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -269,15 +270,17 @@ class DiskCache:
                     raise StorageAccessDeniedError(store.label, model_id, _detail(exc)) from None
                 if kind != "unavailable":
                     raise
-                delay = min(_BACKOFF_FIRST_S * 2 ** (attempts - 1), _BACKOFF_MAX_S)
+                if not (isinstance(exc, asyncio.TimeoutError) and detail):
+                    detail = _detail(exc)  # a cut-short attempt does not hide the real cause
                 remaining = start + deadline_s - loop.time()
-                if remaining <= delay:
+                if remaining <= 0.01:
                     raise StorageUnavailableError(
-                        store.label, attempts, loop.time() - start, model_id, _detail(exc)
+                        store.label, attempts, loop.time() - start, model_id, detail
                     ) from None
+                delay = min(_BACKOFF_FIRST_S * 2 ** (attempts - 1), _BACKOFF_MAX_S, remaining)
                 logger.info(
                     "The store did not answer for %s (%s); retrying in %.1fs.",
-                    store.label, _detail(exc), delay,
+                    store.label, detail, delay,
                 )
                 await asyncio.sleep(delay)
 
@@ -436,8 +439,7 @@ class DiskCache:
 
 
 def _detail(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return redact_text(f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__)
+    return describe(exc)
 
 
 async def _copy(store: Store, obj: RemoteObject, tmp: str, progress: Progress) -> None:

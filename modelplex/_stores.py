@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec
 from fsspec.callbacks import Callback
 
-__all__ = ["Progress", "RemoteObject", "Store", "classify", "redact", "redact_text"]
+__all__ = ["Progress", "RemoteObject", "Store", "classify", "describe", "redact", "redact_text"]
 
 logger = logging.getLogger("modelplex.storage")
 
@@ -61,6 +61,16 @@ def _chain(exc: BaseException) -> list[BaseException]:
         seen.append(current)
         current = current.__cause__ or current.__context__
     return seen
+
+
+def describe(exc: BaseException) -> str:
+    """The root cause's type and first line, URLs redacted: for messages and logs."""
+    root = _chain(exc)[-1]
+    if isinstance(root, asyncio.TimeoutError):
+        return "no answer in time"
+    lines = str(root).strip().splitlines()
+    text = f"{type(root).__name__}: {lines[0][:300]}" if lines else type(root).__name__
+    return redact_text(text)
 
 
 def classify(exc: BaseException) -> str | None:
