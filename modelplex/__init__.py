@@ -3,12 +3,13 @@
 Written so that Ray Serve's model multiplexing code runs with ``import modelplex as serve``.
 """
 
-from ._admin import ModelStatus
+from ._admin import ArtifactStatus, ModelStatus
 from ._api import (
     configure_multiplexing,
     delete,
     get_app_handle,
     get_deployment_handle,
+    list_artifacts,
     list_models,
     list_proxies,
     pin_model,
@@ -22,6 +23,7 @@ from ._api import (
 from ._backends import ProxyInfo
 from ._config import HTTPOptions
 from ._context import get_multiplexed_model_id
+from ._fetch import fetch
 from ._deployment import Application, Deployment, deployment
 from ._errors import (
     ApplicationNotFoundError,
@@ -30,6 +32,7 @@ from ._errors import (
     ClientDisconnectedError,
     DeploymentFailedError,
     DeploymentNotFoundError,
+    DiskCacheFullError,
     HeadersTooLargeError,
     MethodNotFoundError,
     MissingModelIdError,
@@ -37,6 +40,7 @@ from ._errors import (
     ModelIdError,
     ModelLoadBackoffError,
     ModelLoadTimeoutError,
+    ModelNotFoundError,
     ModelplexError,
     ModelTooLargeError,
     NoModelLoaderError,
@@ -48,6 +52,8 @@ from ._errors import (
     RequestTimeoutError,
     RouteNotFoundError,
     ShuttingDownError,
+    StorageAccessDeniedError,
+    StorageUnavailableError,
     UnauthorizedError,
     UnserializableArgumentsError,
     UnserializableResultError,
@@ -60,6 +66,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Application",
     "ApplicationNotFoundError",
+    "ArtifactStatus",
     "BackPressureError",
     "BadRequestError",
     "ClientDisconnectedError",
@@ -68,6 +75,7 @@ __all__ = [
     "DeploymentHandle",
     "DeploymentNotFoundError",
     "DeploymentResponse",
+    "DiskCacheFullError",
     "HTTPOptions",
     "HeadersTooLargeError",
     "MethodNotFoundError",
@@ -76,6 +84,7 @@ __all__ = [
     "ModelIdError",
     "ModelLoadBackoffError",
     "ModelLoadTimeoutError",
+    "ModelNotFoundError",
     "ModelStatus",
     "ModelTooLargeError",
     "ModelplexError",
@@ -89,15 +98,19 @@ __all__ = [
     "RequestTimeoutError",
     "RouteNotFoundError",
     "ShuttingDownError",
+    "StorageAccessDeniedError",
+    "StorageUnavailableError",
     "UnauthorizedError",
     "UnserializableArgumentsError",
     "UnserializableResultError",
     "configure_multiplexing",
     "delete",
     "deployment",
+    "fetch",
     "get_app_handle",
     "get_deployment_handle",
     "get_multiplexed_model_id",
+    "list_artifacts",
     "list_models",
     "list_proxies",
     "multiplexed",

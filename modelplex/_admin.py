@@ -15,8 +15,9 @@ from ._cache import ModelCache
 from ._errors import NoModelLoaderError
 
 PREFIX = "__modelplex_"
-LIST, PRELOAD, PIN, UNPIN, UNLOAD, CONFIGURE = (
-    f"{PREFIX}{name}__" for name in ("models", "preload", "pin", "unpin", "unload", "configure")
+LIST, PRELOAD, PIN, UNPIN, UNLOAD, CONFIGURE, WARM, ARTIFACTS = (
+    f"{PREFIX}{name}__"
+    for name in ("models", "preload", "pin", "unpin", "unload", "configure", "warm", "artifacts")
 )
 
 
@@ -32,6 +33,18 @@ class ModelStatus:
     load_s: float | None = None
     pinned: bool = False
     in_use: int = 0
+
+
+@dataclass(frozen=True)
+class ArtifactStatus:
+    """One artifact in one node's disk cache, as ``serve.list_artifacts`` reports it."""
+
+    node_id: str
+    uri: str  # without credentials: no userinfo, no query string
+    kind: str  # "file" or "directory"
+    size_bytes: int
+    last_used: float  # Unix time of its last fetch
+    held: bool  # a model loaded from it is in memory in a live replica on the node
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,12 @@ class Admin:
         if method == UNLOAD:
             results = [await cache.unload(args[0]) for cache in list(self._caches)]
             return any(results)
+        if method == WARM:
+            return await self.warm(*args)
+        if method == ARTIFACTS:
+            from ._disk_cache import node_artifacts
+
+            return node_artifacts()
         if method == CONFIGURE:
             self.configure(*args)
             return True
@@ -100,6 +119,16 @@ class Admin:
             await cache.get(model_id)
         return True
 
+    async def warm(self, model_id: str) -> bool:
+        """Run each loader until its first ``serve.fetch`` has the artifact on disk; no cache
+        sees the model, so no memory slot is taken and nothing is evicted."""
+        loaders = self._loaders()
+        if not loaders:
+            raise NoModelLoaderError(self._replica_id)
+        for loader in loaders:
+            await loader._modelplex_warm(self._instance, model_id)
+        return True
+
     def configure(self, max_models: Any, max_bytes: Any) -> None:
         """Resize every cache now, and those created later (see ``apply_limits``)."""
         self.limits = CacheLimits(max_models, max_bytes)
@@ -119,12 +148,11 @@ class Admin:
     def _caches_holding(self, model_id: str) -> list[ModelCache]:
         return [cache for cache in self._caches if model_id in cache]
 
-    def _loader_caches(self) -> list[ModelCache]:
-        """The cache of each multiplexed loader of the deployment, created if need be."""
+    def _loaders(self) -> list[Any]:
         cls = type(self._instance)
         loaders = [getattr(cls, name, None) for name in dir(cls)]
-        return [
-            loader._modelplex_cache_for(self._instance)
-            for loader in loaders
-            if getattr(loader, "_modelplex_multiplexed", False)
-        ]
+        return [loader for loader in loaders if getattr(loader, "_modelplex_multiplexed", False)]
+
+    def _loader_caches(self) -> list[ModelCache]:
+        """The cache of each multiplexed loader of the deployment, created if need be."""
+        return [loader._modelplex_cache_for(self._instance) for loader in self._loaders()]

@@ -9,7 +9,7 @@ from ._backends import ProxyInfo
 from ._config import ClusterOptions, HTTPOptions
 from ._deployment import Application
 from ._errors import ApplicationNotFoundError
-from ._admin import ModelStatus
+from ._admin import ArtifactStatus, ModelStatus
 from ._handle import DeploymentHandle
 
 
@@ -114,14 +114,32 @@ def preload_model(
     app_name: str = "default",
     deployment_name: str | None = None,
     num_replicas: int = 1,
+    disk_only: bool = False,
 ) -> list[str]:
     """Load ``model_id`` on ``num_replicas`` replicas now, where routing will look for it.
 
-    ``deployment_name`` defaults to the application's ingress. Returns the replica ids."""
+    ``deployment_name`` defaults to the application's ingress. Returns the replica ids.
+    ``disk_only=True`` only warms the disk tier of those replicas' nodes: the loader runs until
+    its first ``serve.fetch`` has the artifact on disk, then stops; no memory slot is taken
+    and nothing is evicted (see docs/storage.md)."""
+    if not isinstance(disk_only, bool):
+        raise TypeError(f"disk_only must be a bool, got {disk_only!r}")
     runtime = _running()
-    return runtime.call(
-        runtime.models.place("preload", model_id, app_name, deployment_name, num_replicas)
-    )
+    op = "warm" if disk_only else "preload"
+    return runtime.call(runtime.models.place(op, model_id, app_name, deployment_name, num_replicas))
+
+
+def list_artifacts() -> list[ArtifactStatus]:
+    """What each node has in its disk cache: the artifacts ``serve.fetch`` put there.
+
+    While modelplex runs, one replica per node reports its node (and the driver its own);
+    otherwise this process's node alone. Sorted by node, then least recently used first."""
+    runtime = _runtime.current_runtime()
+    if runtime is None:
+        from ._disk_cache import local_artifacts
+
+        return local_artifacts()
+    return runtime.call(runtime.models.list_artifacts())
 
 
 def pin_model(

@@ -26,7 +26,14 @@
     ├── ApplicationNotFoundError (KeyError)    404: no application of that name
     ├── DeploymentNotFoundError (KeyError)     404: the application has no deployment of that name
     ├── PayloadTooLargeError            413: the request body is over ``max_body_bytes``
-    └── HeadersTooLargeError            431: the request head is over ``max_header_bytes``/count
+    ├── HeadersTooLargeError            431: the request head is over ``max_header_bytes``/count
+    ├── ModelNotFoundError (FileNotFoundError)   404: ``serve.fetch`` found no object at the URI
+    ├── StorageAccessDeniedError (PermissionError)   403: the store refused to serve the URI
+    ├── StorageUnavailableError (ConnectionError)    503: the store did not answer before the deadline
+    └── DiskCacheFullError (OSError)    507: no room on the node's disk for the artifact (ENOSPC)
+
+The storage errors name the URI without credentials (no userinfo, no query string) and, when
+raised inside a loader, the model id being loaded.
 
 A builtin base in parentheses is there so that ``except ValueError`` and the like keep working.
 Every class pickles as itself with its fields, so an error raised in a replica reaches the
@@ -66,6 +73,7 @@ __all__ = [
     "ClientDisconnectedError",
     "DeploymentFailedError",
     "DeploymentNotFoundError",
+    "DiskCacheFullError",
     "ErrorResponse",
     "HeadersTooLargeError",
     "MethodNotFoundError",
@@ -74,6 +82,7 @@ __all__ = [
     "ModelIdError",
     "ModelLoadBackoffError",
     "ModelLoadTimeoutError",
+    "ModelNotFoundError",
     "ModelTooLargeError",
     "ModelplexError",
     "PortInUseError",
@@ -84,6 +93,8 @@ __all__ = [
     "ReplicaDiedError",
     "ReplicasNotReadyError",
     "ShuttingDownError",
+    "StorageAccessDeniedError",
+    "StorageUnavailableError",
     "RequestTimeoutError",
     "RouteNotFoundError",
     "UnauthorizedError",
@@ -327,6 +338,89 @@ class PayloadTooLargeError(ModelplexError):
 
 class HeadersTooLargeError(ModelplexError):
     http_status = 431
+
+
+class _StorageOSError(ModelplexError, OSError):
+    """An ``OSError`` with its errno, so ``except FileNotFoundError`` and ``exc.errno`` work;
+    pickled by calling ``__init__`` again with its fields (OSError keeps errno outside
+    ``__dict__``)."""
+
+    _errno = 0
+    _fields: tuple[str, ...] = ("strerror",)  # its __init__ arguments, by attribute name
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self._errno, message)
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 2]"
+        return self.strerror
+
+    def __reduce__(self):
+        return (type(self), tuple(getattr(self, name) for name in self._fields))
+
+
+def _about(uri: str, model_id: str) -> str:
+    return f"{uri} (model '{model_id}')" if model_id else uri
+
+
+class ModelNotFoundError(_StorageOSError, FileNotFoundError):
+    http_status = 404
+    _errno = errno.ENOENT
+    _fields = ("uri", "model_id")
+
+    def __init__(self, uri: str, model_id: str = "") -> None:
+        super().__init__(f"No object at {_about(uri, model_id)}.")
+        self.uri = uri
+        self.model_id = model_id
+
+
+class StorageAccessDeniedError(_StorageOSError, PermissionError):
+    http_status = 403
+    _errno = errno.EACCES
+    _fields = ("uri", "model_id", "detail")
+
+    def __init__(self, uri: str, model_id: str = "", detail: str = "") -> None:
+        msg = f"Access denied to {_about(uri, model_id)}"
+        super().__init__(f"{msg}: {detail}" if detail else f"{msg}.")
+        self.uri = uri
+        self.model_id = model_id
+        self.detail = detail
+
+
+class StorageUnavailableError(_StorageOSError, ConnectionError):
+    http_status = 503
+    _errno = errno.EHOSTUNREACH
+    _fields = ("uri", "attempts", "waited_s", "model_id", "detail")
+
+    def __init__(
+        self, uri: str, attempts: int, waited_s: float, model_id: str = "", detail: str = ""
+    ) -> None:
+        msg = (
+            f"The store did not answer for {_about(uri, model_id)} after {attempts} attempts "
+            f"in {waited_s:.1f}s"
+        )
+        super().__init__(f"{msg}: {detail}" if detail else f"{msg}.")
+        self.uri = uri
+        self.attempts = attempts
+        self.waited_s = waited_s
+        self.model_id = model_id
+        self.detail = detail
+
+    @property
+    def retry_after_s(self) -> int:
+        return 5
+
+
+class DiskCacheFullError(_StorageOSError):
+    http_status = 507
+    _errno = errno.ENOSPC
+    _fields = ("uri", "needed", "detail")
+
+    def __init__(self, uri: str, needed: int, detail: str = "") -> None:
+        msg = f"No room on this node's disk for {uri} ({needed} bytes)"
+        super().__init__(f"{msg}: {detail}" if detail else f"{msg}.")
+        self.uri = uri
+        self.needed = needed
+        self.detail = detail
 
 
 class RemoteError(ModelplexError):

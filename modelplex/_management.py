@@ -12,7 +12,8 @@ import dataclasses
 from typing import Any
 
 from . import _admin
-from ._admin import ModelStatus
+from ._admin import ArtifactStatus, ModelStatus
+from ._disk_cache import local_artifacts
 from ._errors import ApplicationNotFoundError, BadRequestError, DeploymentNotFoundError
 from ._messages import DeploymentID
 from ._model_ids import validate_model_id
@@ -22,9 +23,10 @@ from ._routing import rendezvous_order
 
 
 class ModelManager:
-    def __init__(self, controller: Any, registry: RouterRegistry) -> None:
+    def __init__(self, controller: Any, registry: RouterRegistry, local_node: bool = True) -> None:
         self._controller = controller
         self._registry = registry
+        self._local_node = local_node  # replicas share this process's disk cache
 
     def _targets(self, app: str | None, deployment: str | None) -> list[DeploymentID]:
         names = self._controller.app_names()
@@ -63,7 +65,8 @@ class ModelManager:
     async def place(
         self, op: str, model_id: str, app: str, deployment: str | None, replicas: int
     ) -> list[str]:
-        """Preload (or pin) ``model_id`` on ``replicas`` replicas; return their ids."""
+        """Preload (or pin, or warm the disk tier for) ``model_id`` on ``replicas`` replicas;
+        return their ids."""
         validate_model_id(model_id)
         if not model_id:
             raise BadRequestError("model_id must not be empty")
@@ -74,9 +77,29 @@ class ModelManager:
         holders = [r for r, models in router.replica_models().items() if model_id in models["loaded"]]
         order = holders + [r for r in rendezvous_order(model_id, replica_ids) if r not in holders]
         chosen = order[:replicas]
-        method = _admin.PIN if op == "pin" else _admin.PRELOAD
+        method = {"pin": _admin.PIN, "warm": _admin.WARM}.get(op, _admin.PRELOAD)
         await asyncio.gather(*(router.call_replica(r, method, model_id) for r in chosen))
         return chosen
+
+    async def list_artifacts(self) -> list[ArtifactStatus]:
+        """Each node's disk cache, asked of one replica per node (and of this process's own
+        node on the local backend, so a node without replicas still answers)."""
+        by_node: dict[str, list[ArtifactStatus]] = {}
+        if self._local_node:
+            for status in local_artifacts():
+                by_node.setdefault(status.node_id, []).append(status)
+        calls = []
+        for name in self._controller.app_names():
+            for deployment_id in self._controller.deployments(name)[1]:
+                router = self._registry.router(deployment_id)
+                for replica_id in await router.wait_ready():
+                    calls.append(router.call_replica(replica_id, _admin.ARTIFACTS))
+        for result in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(result, BaseException):
+                continue  # a replica that went away: another on its node may answer
+            node_id, statuses = result
+            by_node.setdefault(node_id, list(statuses))
+        return [s for node in sorted(by_node) for s in by_node[node]]
 
     async def release(self, op: str, model_id: str, app: str, deployment: str | None) -> list[str]:
         """Unpin or unload ``model_id`` everywhere; return the replicas that had it."""
@@ -111,5 +134,5 @@ def check_limits(max_models: Any, max_bytes: Any) -> None:
         _validate_bytes(max_bytes)
 
 
-def status_dicts(statuses: list[ModelStatus]) -> list[dict]:
+def status_dicts(statuses: list[Any]) -> list[dict]:
     return [dataclasses.asdict(s) for s in statuses]

@@ -165,7 +165,7 @@ class ProxyApp:
         elif path == "/-/routes":
             routes = {prefix: app for prefix, (app, _) in self._routes().items()}
             await _send_json(send, 200, routes)
-        elif path.startswith("/-/models") and self._models is not None:
+        elif (path.startswith("/-/models") or path == "/-/artifacts") and self._models is not None:
             if not self._options.management_routes:
                 raise RouteNotFoundError("model management over HTTP is switched off")
             if not self._management_allowed(scope):
@@ -175,8 +175,11 @@ class ProxyApp:
             raise RouteNotFoundError(f"no management route {path!r}")
 
     async def _manage_models(self, path: str, method: str, scope: Scope, receive: Receive) -> Any:
-        """GET /-/models lists; POST /-/models/{preload,pin,unpin,unload,configure} acts."""
+        """GET /-/models lists; POST /-/models/{preload,pin,unpin,unload,configure} acts;
+        GET /-/artifacts lists each node's disk cache."""
         assert self._models is not None
+        if path == "/-/artifacts" and method == "GET":
+            return status_dicts(await self._models.list_artifacts())
         if path == "/-/models" and method == "GET":
             query = dict(parse_qsl(scope.get("query_string", b"").decode()))
             statuses = await self._models.list_models(query.get("app"), query.get("deployment"))
@@ -204,6 +207,11 @@ class ProxyApp:
         if not isinstance(model_id, str) or not model_id:
             raise BadRequestError("model_id (a non-empty string) is required")
         if op in ("preload", "pin"):
+            disk_only = args.get("disk_only", False)
+            if not isinstance(disk_only, bool):
+                raise BadRequestError(f"disk_only must be true or false, got {disk_only!r}")
+            if disk_only and op == "preload":
+                op = "warm"
             replicas = await self._models.place(op, model_id, app, deployment, args.get("replicas", 1))
         else:
             replicas = await self._models.release(op, model_id, app, deployment)

@@ -58,7 +58,9 @@ class Runtime:
         self._thread = LoopThread("modelplex-driver")
         self.controller = Controller(self.backend, secret=self._secret, log_dir=self.log_dir)
         self.registry = RouterRegistry(self._thread.loop, self.controller, self._secret)
-        self.models = ModelManager(self.controller, self.registry)
+        self.models = ModelManager(
+            self.controller, self.registry, local_node=self.backend.name != "ray"
+        )
         self.proxy: Proxy | None = None
         try:
             self._thread.run(self._start())

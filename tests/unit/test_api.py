@@ -13,6 +13,13 @@ from modelplex._model_ids import model_id_from_headers, validate_model_id
 from modelplex._runtime import build_app
 
 EXPORTED = {
+    "list_artifacts",
+    "fetch",
+    "StorageUnavailableError",
+    "StorageAccessDeniedError",
+    "ModelNotFoundError",
+    "DiskCacheFullError",
+    "ArtifactStatus",
     "Application",
     "ApplicationNotFoundError",
     "BackPressureError",
