@@ -74,7 +74,7 @@ PATH_COLUMNS = (("loader", "loader"), ("size", "size_label"), ("cold ms", "cold_
 ONCE_COLUMNS = (("loader", "loader"), ("replicas", "replicas"), ("loads", "loads"),
                 ("size", "size_label"), ("downloads", "downloads"), ("wall ms", "wall_ms"))
 COST_COLUMNS = (("size", "size_label"), ("reps", "reps"), ("serve.fetch ms", "fetch_ms"),
-                ("bare fsspec get ms", "fsspec_ms"))
+                ("bare fsspec get ms", "fsspec_ms"), ("serve.fetch on disk ms", "fetch_warm_ms"))
 TRACE_COLUMNS = (("system", "label"), ("requests", "requests"), ("errors", "errors"),
                  ("loads", "loads"), ("downloads", "downloads"),
                  ("bytes downloaded", "bytes_downloaded"), ("req/s", "throughput_rps"),
