@@ -7,6 +7,7 @@ deployment's own multiplexed loader (found by its marker), created if no request
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ class Admin:
         if method == ARTIFACTS:
             from ._disk_cache import node_artifacts
 
-            return node_artifacts()
+            return await asyncio.to_thread(node_artifacts)
         if method == CONFIGURE:
             self.configure(*args)
             return True

@@ -183,6 +183,7 @@ class ModelCache:
         logger: logging.Logger | None = None,
         on_change: Callable[[], None] | None = None,
         wanted: Callable[[], frozenset[str]] | None = None,
+        on_unloaded: Callable[[str], None] | None = None,
     ) -> None:
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {loader!r}")
@@ -205,6 +206,9 @@ class ModelCache:
         # the models that requests already on their way here will ask for.
         self.on_change = on_change
         self.wanted = wanted
+        # Told when a loaded model has left memory (its ``__del__`` ran), so the disk tier
+        # knows its artifacts are no longer held.
+        self._on_unloaded = on_unloaded
         self._loaded: dict[str, _Entry] = {}  # least to most recently used
         self._loading: dict[str, _Entry] = {}
         self._draining: dict[str, _Entry] = {}
@@ -560,6 +564,12 @@ class ModelCache:
         except Exception:
             self._logger.exception("Error in __del__ of model '%s'.", model_id)
             return
+        finally:
+            if self._on_unloaded is not None:
+                try:
+                    self._on_unloaded(model_id)
+                except Exception:
+                    self._logger.exception("The model cache's on_unloaded callback failed.")
         elapsed_ms = (self._clock() - start) * 1000
         self._logger.info("Successfully unloaded model '%s' in %.1fms.", model_id, elapsed_ms)
 

@@ -32,6 +32,33 @@ _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar
 )
 
 
+@dataclass(frozen=True)
+class LoadScope:
+    """Set while a multiplexed loader runs: which model it loads, the name its artifact leases
+    go under (one per model per cache), and whether only the disk tier is being warmed."""
+
+    model_id: str
+    scope: str
+    disk_only: bool = False
+
+
+_loading: contextvars.ContextVar[LoadScope | None] = contextvars.ContextVar(
+    "modelplex_loading", default=None
+)
+
+
+def current_load() -> LoadScope | None:
+    return _loading.get()
+
+
+def set_load(scope: LoadScope | None) -> contextvars.Token:
+    return _loading.set(scope)
+
+
+def reset_load(token: contextvars.Token) -> None:
+    _loading.reset(token)
+
+
 @dataclass
 class ReplicaHooks:
     """Set in a replica process (see ``_multiplex.install_replica_hooks``)."""

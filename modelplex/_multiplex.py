@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import math
 import logging
-from typing import Any, Callable
+import math
+import uuid
+from typing import Any, Awaitable, Callable
 
-from . import _context
+from . import _context, _disk_cache
 from ._aio import running_loop
 from ._cache import ModelCache, check_max_bytes, check_max_models
 from ._errors import MissingModelIdError
 from ._eviction import policy_from_name
+from ._fetch import Warmed
 from ._model_ids import validate_model_id
 
 logger = logging.getLogger("modelplex.replica")
@@ -107,12 +109,17 @@ def multiplexed(
         attr = f"_modelplex_cache_{loader.__name__}"
         function_cache: list[ModelCache] = []
 
-        def make_cache(owner: Any) -> ModelCache:
+        def raw_load(owner: Any) -> Callable[[str], Awaitable[Any]]:
             if is_async:
-                load = (lambda m: loader(owner, m)) if kind == "method" else loader
-            else:
-                bound = functools.partial(loader, owner) if kind == "method" else loader
-                load = lambda m: asyncio.to_thread(bound, m)  # noqa: E731
+                return (lambda m: loader(owner, m)) if kind == "method" else loader
+            bound = functools.partial(loader, owner) if kind == "method" else loader
+            return lambda m: asyncio.to_thread(bound, m)  # copies the context: the scope too
+
+        def make_cache(owner: Any) -> ModelCache:
+            # Leases on disk artifacts are named per model per cache: two loaders in one
+            # replica may load the same id from different artifacts.
+            token = uuid.uuid4().hex[:12]
+            load = functools.partial(_load_scoped, raw_load(owner), token)
             cache = ModelCache(
                 load,
                 max_models=count,
@@ -121,6 +128,7 @@ def multiplexed(
                 load_timeout_s=model_load_timeout_s,
                 policy=policy_from_name(eviction_policy),
                 logger=logger,
+                on_unloaded=lambda m: _disk_cache.release_scope(f"{token}/{m}"),
             )
             hook = _context.replica_hooks.on_new_cache
             if hook is not None:
@@ -167,8 +175,13 @@ def multiplexed(
                 )
             return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
+        async def warm(owner: Any, model_id: str) -> bool:
+            validate_model_id(model_id)
+            return await _warm(raw_load(owner), model_id, loader.__qualname__)
+
         wrapper._modelplex_multiplexed = True  # type: ignore[attr-defined]
         wrapper._modelplex_cache_for = cache_for  # type: ignore[attr-defined]
+        wrapper._modelplex_warm = warm  # type: ignore[attr-defined]
         return wrapper
 
     if func is not None:
@@ -188,3 +201,35 @@ async def _acquire(
     else:
         ctx.releases.append(release)
     return model
+
+
+async def _load_scoped(load: Callable[[str], Awaitable[Any]], token: str, model_id: str) -> Any:
+    """Run the loader with its ``LoadScope`` set, so ``serve.fetch`` knows which model holds
+    what it fetches; a failed load holds nothing."""
+    scope = f"{token}/{model_id}"
+    reset = _context.set_load(_context.LoadScope(model_id, scope))
+    try:
+        return await load(model_id)
+    except BaseException:
+        _disk_cache.release_scope(scope)
+        raise
+    finally:
+        _context.reset_load(reset)
+
+
+async def _warm(load: Callable[[str], Awaitable[Any]], model_id: str, name: str) -> bool:
+    """Run the loader outside any cache until its first ``serve.fetch`` has the artifact on
+    disk (``Warmed``): no memory slot, no eviction. False if it never fetched."""
+    reset = _context.set_load(_context.LoadScope(model_id, "", disk_only=True))
+    try:
+        await load(model_id)
+    except Warmed:
+        logger.info("Warmed the disk tier for model '%s'.", model_id)
+        return True
+    finally:
+        _context.reset_load(reset)
+    logger.warning(
+        "Loader %s returned model '%s' without calling serve.fetch: nothing to warm on disk; "
+        "the model was dropped.", name, model_id,
+    )
+    return False

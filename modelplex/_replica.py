@@ -24,6 +24,7 @@ import cloudpickle
 from starlette.exceptions import HTTPException
 
 from . import _context, _multiplex
+from . import _disk_cache
 from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
 from ._backends import ReplicaSpec
@@ -342,6 +343,8 @@ def run_replica(spec: ReplicaSpec) -> int:
         if path not in sys.path:
             sys.path.insert(0, path)
     configure_replica_logging(str(spec.deployment_id), spec.replica_id, spec.log_dir)
+    if spec.node_id:  # a backend with several nodes per filesystem: one disk cache per node
+        _disk_cache.configure(node_id=spec.node_id)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
 

@@ -29,6 +29,9 @@ class ReplicaSpec:
     cwd: str = ""
     ray_actor_options: Mapping[str, Any] | None = None
     cache_limits: tuple | None = None  # (max models, max bytes) set at run time
+    # Set by a backend that may put several nodes on one filesystem (Ray): keys the node's
+    # disk cache directory. Empty: one directory for the machine.
+    node_id: str = ""
 
     def __repr__(self) -> str:  # never print the secret
         return f"ReplicaSpec(replica_id={self.replica_id!r})"

@@ -32,7 +32,13 @@ class _ReplicaActor:
 
         from .._replica import run_replica
 
-        return run_replica(dataclasses.replace(spec, bind_host=ray.util.get_node_ip_address()))
+        return run_replica(
+            dataclasses.replace(
+                spec,
+                bind_host=ray.util.get_node_ip_address(),
+                node_id=ray.get_runtime_context().get_node_id(),
+            )
+        )
 
 
 class _ProxyActor:
