@@ -7,7 +7,6 @@ the node's disk cache.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 
@@ -26,19 +25,6 @@ import s3_fetch_inferencer  # noqa: E402
 import s3_inferencer  # noqa: E402
 
 
-
-def _fetch_implemented() -> bool:
-    """False while the core's serve.fetch is the skeleton that raises NotImplementedError."""
-    try:
-        asyncio.run(serve.fetch("no-such-protocol://probe"))  # fails before any I/O
-    except NotImplementedError:
-        return False
-    except Exception:
-        return True
-    return True
-
-
-needs_fetch = pytest.mark.skipif(not _fetch_implemented(), reason="serve.fetch not implemented")
 
 
 @pytest.fixture
@@ -82,13 +68,11 @@ def test_seed_code_downloads_again_after_eviction(s3, url, tmp_path):
     assert (tmp_path / "model_1.pt").is_file()  # where the seed puts it: the working directory
 
 
-@needs_fetch
 def test_fetch_reloads_from_disk_after_eviction(s3, url):
     run_one_replica_trace(url, s3_fetch_inferencer)
     assert downloads(s3) == {"1": 1, "2": 1, "3": 1, "4": 1}
 
 
-@needs_fetch
 def test_fetch_downloads_once_for_replicas_loading_at_once(s3, url):
     serve.run(s3_fetch_inferencer.ModelInferencer.options(num_replicas=2).bind())
     assert len(serve.preload_model("3", num_replicas=2)) == 2
