@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from .app import multiplexed_app, noop_app
+from .storage_app import storage_app
 from .client import closed_loop
 
 
@@ -30,6 +31,8 @@ def say(*parts: Any) -> None:
 def build(serve: Any, config: dict) -> Any:
     if config["app"] == "noop":
         return noop_app(serve, **config["app_kwargs"])
+    if config["app"] == "storage":
+        return storage_app(serve, **config["app_kwargs"])
     return multiplexed_app(serve, **config["app_kwargs"])
 
 
