@@ -117,6 +117,11 @@ class Server:
         finally:
             watchdog.cancel()
 
+    @property
+    def pid(self) -> int:
+        """The driver's process id: the system's processes are below it."""
+        return self._proc.pid
+
     def _line(self) -> list[str]:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
