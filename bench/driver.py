@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from .app import multiplexed_app, noop_app
+from .autoscale_app import autoscale_app
 from .storage_app import storage_app
 from .client import closed_loop
 
@@ -33,6 +34,8 @@ def build(serve: Any, config: dict) -> Any:
         return noop_app(serve, **config["app_kwargs"])
     if config["app"] == "storage":
         return storage_app(serve, **config["app_kwargs"])
+    if config["app"] == "autoscale":
+        return autoscale_app(serve, **config["app_kwargs"])
     return multiplexed_app(serve, **config["app_kwargs"])
 
 

@@ -1,0 +1,97 @@
+"""An open-loop load generator: each request is sent when it is due, whatever is in flight.
+
+A closed loop sends less to a slow system; here the schedule is fixed (``times``, seconds from
+the start), and a request's latency runs from when it was due, so a client that falls behind
+cannot hide a slow server either. Runs in its own process, as ``bench.client`` does:
+
+    python -m bench.open_loop < spec.json   # {"url", "times", "ids", "timeout_s", "until"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from .client import HEADER, percentile
+
+__all__ = ["open_loop", "run_open_loop"]
+
+
+async def open_loop(url: str, times: list[float], ids: list[str], timeout_s: float,
+                    until: float = 0.0) -> dict:
+    """Send each request at its time; return once all are answered and ``until`` s have passed."""
+    import aiohttp
+
+    results: list[tuple[float, float, str | None]] = []  # due, latency, error
+    lag = 0.0
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    connector = aiohttp.TCPConnector(limit=0)  # no client-side cap on requests in flight
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+
+        async def one(due: float, model_id: str, start: float) -> None:
+            error: str | None = None
+            try:
+                async with session.get(url, headers={HEADER: model_id}) as response:
+                    body = await response.read()
+                if response.status != 200:
+                    error = f"{response.status} {body[:60].decode(errors='replace')}"
+            except Exception as exc:  # no answer at all
+                error = f"no answer: {type(exc).__name__}"
+            results.append((due, time.monotonic() - (start + due), error))
+
+        start = time.monotonic()
+        wall_start = time.time()
+        tasks = []
+        for due, model_id in zip(times, ids):
+            delay = start + due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag = max(lag, -delay)
+            tasks.append(asyncio.create_task(one(due, model_id, start)))
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(max(0.0, start + until - time.monotonic()))  # a trailing idle gap
+        elapsed = time.monotonic() - start
+    ms = sorted(r[1] * 1000 for r in results)
+    errors = Counter(r[2] for r in results if r[2] is not None)
+    return {
+        "requests": len(results),
+        "ok": len(results) - sum(errors.values()),
+        "errors": sum(errors.values()),
+        "error_causes": dict(errors),
+        "started_at": wall_start,
+        "elapsed_s": round(elapsed, 3),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(ms[-1], 2) if ms else 0.0,
+        "client_lag_max_ms": round(lag * 1000, 2),
+        # (due s, latency ms) per request, for the per-phase figures
+        "latencies": sorted((round(r[0], 3), round(r[1] * 1000, 2)) for r in results),
+    }
+
+
+def run_open_loop(spec: dict, cwd: str) -> dict:
+    """Run the client in a new process and return its figures."""
+    proc = subprocess.run([sys.executable, "-m", "bench.open_loop"], input=json.dumps(spec),
+                          capture_output=True, text=True, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the open-loop client failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    spec = json.loads(sys.stdin.read())
+    try:
+        from uvloop import run
+    except ImportError:  # pragma: no cover - uvloop comes with modelplex on POSIX
+        run = asyncio.run
+    print(json.dumps(run(open_loop(spec["url"], spec["times"], spec["ids"],
+                                   spec.get("timeout_s", 60.0), spec.get("until", 0.0)))))
+
+
+if __name__ == "__main__":
+    main()
