@@ -23,7 +23,7 @@ from typing import Any
 import cloudpickle
 from starlette.exceptions import HTTPException
 
-from . import _context, _multiplex
+from . import _admin, _context, _multiplex
 from . import _disk_cache
 from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
@@ -39,6 +39,8 @@ from ._messages import (
     ModelsUpdate,
     Ping,
     Pong,
+    Preload,
+    Preloaded,
     ReplicaReady,
     ReplicaStartFailed,
     ReplicaStopped,
@@ -119,6 +121,8 @@ class Replica:
                 message = await control.recv()
                 if isinstance(message, Ping):
                     control.send_nowait(Pong(message.seq))
+                elif isinstance(message, Preload):
+                    asyncio.get_running_loop().create_task(self._preload(control, message))
                 elif isinstance(message, StopReplica):
                     await self._stop(message.timeout_s)
                     await server.close()
@@ -128,6 +132,20 @@ class Replica:
             logger.warning("Controller went away; replica %s exits.", self.replica_id)
         finally:
             await registry.close()
+
+    async def _preload(self, control: Connection, message: Preload) -> None:
+        """The controller hands this replica a hot model before its holder stops."""
+        try:
+            await asyncio.wrap_future(
+                self.user.submit(self.admin.run(_admin.PRELOAD, (message.model_id,)))
+            )
+            reply = Preloaded(message.seq, True)
+        except Exception as exc:
+            reply = Preloaded(message.seq, False, f"{type(exc).__name__}: {exc}")
+        try:
+            control.send_nowait(reply)
+        except ConnectionClosed:
+            pass
 
     async def _stop(self, timeout_s: float) -> None:
         """Finish the requests in flight, then unload every model (running their __del__)."""
@@ -174,6 +192,7 @@ class Replica:
         loaded: dict[str, float] = {}
         loading: list[str] = []
         has_room = True
+        slots = 0
         for cache in list(self.caches):
             snapshot = cache.snapshot()
             for info in snapshot.loaded:
@@ -182,8 +201,11 @@ class Replica:
             limit = cache.max_models
             if limit != -1 and len(snapshot.loaded) + len(snapshot.loading) >= limit:
                 has_room = False
+            slots = -1 if limit == -1 or slots == -1 else slots + limit
         self.models_version += 1
-        return ModelsUpdate(self.replica_id, self.models_version, loaded, tuple(loading), has_room)
+        return ModelsUpdate(
+            self.replica_id, self.models_version, loaded, tuple(loading), has_room, slots
+        )
 
     def _broadcast(self, update: ModelsUpdate) -> None:
         self.latest_update = update
