@@ -38,6 +38,7 @@ from ._logging import configure_replica_logging
 from ._messages import (
     Call,
     Cancel,
+    HTTPResult,
     ModelsUpdate,
     Ping,
     Pong,
@@ -295,6 +296,8 @@ class Replica:
 
     def _success(self, call: Call, value: Any) -> Result:
         try:
+            if type(value) in _PLAIN_VALUES:  # the standard pickler, at twice cloudpickle's speed
+                return Result(call.request_id, True, pickle.dumps(value, protocol=5))
             return Result(call.request_id, True, cloudpickle.dumps(value, protocol=5))
         except Exception as exc:
             error = TypeError(
@@ -303,6 +306,10 @@ class Replica:
             )
             logger.error("%s", error)
             return _failure(call.request_id, error)
+
+
+# Return values that pickle the same with or without cloudpickle.
+_PLAIN_VALUES = frozenset({HTTPResult, str, bytes, int, float, bool, type(None)})
 
 
 def _failure(request_id: int, exc: BaseException, tb: str = "") -> Result:
