@@ -29,6 +29,9 @@ from ._router import RouterRegistry
 
 logger = logging.getLogger("modelplex.proxy")
 
+# A request still running after this long starts watching for its client's disconnect.
+_WATCH_AFTER_S = 0.05
+
 # Request ids only tie log lines together; they need not be secret, so no system call per request.
 _ids = random.Random()
 
@@ -99,13 +102,16 @@ class ProxyApp:
         headers = scope.get("headers", ())
         if len(headers) > self._options.max_header_count:
             return 431, f"more than {self._options.max_header_count} headers"
-        size = sum(len(name) + len(value) for name, value in headers)
+        size = 0
+        too_long = False
+        for name, value in headers:  # one pass: this runs for every request
+            size += len(name) + len(value)
+            if name == b"content-length" and value.isdigit():
+                too_long = too_long or int(value) > self._options.max_body_bytes
         if size > self._options.max_header_bytes:
             return 431, f"headers larger than {self._options.max_header_bytes} bytes"
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit():
-                if int(value) > self._options.max_body_bytes:
-                    return 413, f"request body is larger than {self._options.max_body_bytes} bytes"
+        if too_long:
+            return 413, f"request body is larger than {self._options.max_body_bytes} bytes"
         return None
 
     def _management_allowed(self, scope: Scope) -> bool:
@@ -131,10 +137,10 @@ class ProxyApp:
         call = self._registry.router(ingress).call(
             "__call__", model_id=model_id, http=request, trace_id=_trace_id()
         )
-        # A client that goes away cancels its request, down to the replica's task.
-        watcher = asyncio.get_running_loop().create_task(
-            _cancel_on_disconnect(receive, asyncio.current_task())
-        )
+        # A client that goes away cancels its request, down to the replica's task. Most
+        # requests end sooner than a disconnect would matter, so the watcher (a task) starts
+        # only for one still running after _WATCH_AFTER_S: a timer costs far less than a task.
+        watch = _DisconnectWatch(receive)
         try:
             timeout = self._options.request_timeout_s
             if timeout is None:
@@ -144,7 +150,7 @@ class ProxyApp:
             except asyncio.TimeoutError:
                 raise RequestTimeoutError(timeout) from None
         finally:
-            watcher.cancel()
+            watch.cancel()
 
     async def _management(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
@@ -204,6 +210,27 @@ class ProxyApp:
         else:
             replicas = await self._models.release(op, model_id, app, deployment)
         return {"replicas": replicas}
+
+
+class _DisconnectWatch:
+    """Cancels the current task if the client disconnects, watching from _WATCH_AFTER_S on."""
+
+    __slots__ = ("_receive", "_task", "_timer", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        loop = asyncio.get_running_loop()
+        self._receive = receive
+        self._task = asyncio.current_task(loop)
+        self._watcher: asyncio.Task | None = None
+        self._timer = loop.call_later(_WATCH_AFTER_S, self._start, loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watcher = loop.create_task(_cancel_on_disconnect(self._receive, self._task))
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task | None) -> None:
