@@ -1,10 +1,13 @@
 """Flame graphs of the no-op request path, under the benchmark's own load.
 
-    python -m bench.profile [--seconds 8] [--out bench/profiles] [--tag before]
+    python -m bench.profile --gil --tag after                  # this checkout
+    python -m bench.profile --gil --tag before --baseline ../old   # another one
 
 Starts modelplex with the no-op deployment (as ``python -m bench`` does), drives it over HTTP
 from the client process, and meanwhile samples the driver (controller, proxy, routers) and one
-replica with py-spy, writing ``<tag>-driver.svg`` and ``<tag>-replica.svg``. py-spy must be
+replica with py-spy, writing ``<tag>-driver.svg`` and ``<tag>-replica.svg`` (``--format raw``:
+collapsed stacks, to add up per function). ``--gil`` keeps only samples of the thread holding
+the GIL: Python's own work, without the time a thread waits for the GIL. py-spy must be
 installed (it is in the ``bench`` extra) and allowed to attach to child processes.
 """
 
@@ -54,12 +57,16 @@ def main() -> None:
                         help="raw: collapsed stacks (.txt), for totals per function")
     parser.add_argument("--native", action="store_true", help="C frames too (uvloop, syscalls)")
     parser.add_argument("--gil", action="store_true", help="only threads holding the GIL")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="profile another checkout's modelplex")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     pyspy = _pyspy()
     workdir = tempfile.mkdtemp(prefix="modelplex-profile-")
     app_kwargs = {"replicas": 2, "max_ongoing": 16}
-    with Server(Target("modelplex"), "noop", app_kwargs, os.path.join(workdir, "driver.log")) as server:
+    root = os.path.abspath(args.baseline) if args.baseline else None
+    log = os.path.join(workdir, "driver.log")
+    with Server(Target("modelplex", root=root), "noop", app_kwargs, log) as server:
         driver = server._proc.pid
         replica = _replicas(driver)[0]
         spies = []

@@ -37,7 +37,8 @@ class Target:
     def label(self) -> str:
         if self.system == "modelplex":
             base = " (baseline)" if self.root else ""
-            return f"modelplex[{self.backend}]{base}" + (f" {self.policy}" if self.policy else " lru")
+            policy = f" {self.policy}" if self.policy else " lru"
+            return f"modelplex[{self.backend}]{base}{policy}"
         return "Ray Serve lru" if self.system == "ray" else self.system
 
 

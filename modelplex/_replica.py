@@ -233,7 +233,9 @@ class Replica:
         self.running[key] = task
         task.add_done_callback(functools.partial(self._reply, conn, key, call))
 
-    def _reply(self, conn: Connection, key: tuple[int, int], call: Call, task: asyncio.Task) -> None:
+    def _reply(
+        self, conn: Connection, key: tuple[int, int], call: Call, task: asyncio.Task
+    ) -> None:
         self.running.pop(key, None)
         self.ongoing -= 1
         if call.model_id:
