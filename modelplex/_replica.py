@@ -1,10 +1,11 @@
 """A replica: one process serving one deployment (``python -m modelplex._replica``).
 
-Two event loops: the control loop (main thread) talks to the controller, so a slow
-constructor, a model load or a blocking ``async`` method never stops the replica from answering
-its health checks. User code runs on the user loop (its own thread), and so do the routers'
-connections: a request is read, run and answered on one loop, with no hop between threads
-(two hops cost a third of a no-op request's time in the replica).
+Two event loops: the control loop (main thread) talks to the controller and accepts routers'
+connections, so a slow constructor, a model load or a blocking ``async`` method never stops the
+replica from answering health checks or greeting a new router. User code runs on the user loop
+(its own thread), and so does each router's connection once greeted: a request is read, run
+and answered on one loop, with no hop between threads (two hops cost a third of a no-op
+request's time in the replica).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from ._messages import (
 )
 from ._remote import RemoteDirectory
 from ._router import RouterRegistry, install_registry
-from ._transport import Connection, ConnectionClosed, connect, start_server
+from ._transport import Connection, ConnectionClosed, adopt, connect, start_server
 
 logger = logging.getLogger("modelplex.replica")
 
@@ -112,9 +113,7 @@ class Replica:
                 )
             )
             return
-        server = await self._on_user(
-            start_server(self._serve, secret=self.spec.secret, host=self.spec.bind_host)
-        )
+        server = await start_server(self._greet, secret=self.spec.secret, host=self.spec.bind_host)
         await control.send(ReplicaReady(self.replica_id, server.address, os.getpid()))
         logger.info("Replica %s ready at %s:%d.", self.replica_id, *server.address)
         try:
@@ -124,7 +123,8 @@ class Replica:
                     control.send_nowait(Pong(message.seq))
                 elif isinstance(message, StopReplica):
                     await self._stop(message.timeout_s)
-                    await self._on_user(server.close())
+                    await self._on_user(self._close_connections())
+                    await server.close()
                     await control.send(ReplicaStopped(self.replica_id))
                     return
         except ConnectionClosed:
@@ -204,10 +204,22 @@ class Replica:
 
     # ---- requests ----------------------------------------------------------------------------
 
-    async def _serve(self, conn: Connection) -> None:
+    async def _greet(self, conn: Connection) -> None:
+        """On the control loop: tell a new router what this replica holds (it routes nothing
+        here before that, so a blocked user loop must not delay it), then hand it over."""
+        conn.send_nowait(self._models_update())
+        fd = conn.detach()
+        await self._on_user(self._serve(fd, conn.peer, conn.max_frame_bytes))
+
+    async def _close_connections(self) -> None:
+        for conn in list(self.conns):
+            conn.close()
+
+    async def _serve(self, fd: int, peer: str, max_frame_bytes: int) -> None:
+        conn = await adopt(fd, peer, max_frame_bytes=max_frame_bytes)
         self.conns.add(conn)
         try:
-            conn.send_nowait(self._models_update())
+            conn.send_nowait(self._models_update())  # what changed during the hand-over
             while True:
                 message = await conn.recv()
                 if isinstance(message, Call):
@@ -222,6 +234,7 @@ class Replica:
             pass
         finally:
             self.conns.discard(conn)
+            conn.close()
 
     def _dispatch(self, conn: Connection, call: Call) -> None:
         self.ongoing += 1

@@ -227,3 +227,40 @@ def test_wedged_replica_fails_its_health_check_and_is_replaced(serve_instance, t
 
     wait_until(replaced, timeout=20, message="the stopped replica was never replaced")
     wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z")
+
+
+@serve.deployment
+class Blocking:
+    async def block(self, seconds: float) -> str:
+        time.sleep(seconds)  # blocks the user loop, as a careless async loader would
+        return "done"
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+
+def test_a_new_router_is_greeted_while_user_code_blocks_the_loop(serve_instance):
+    """Routers' connections are served on the user loop, but greeted on the control loop."""
+    from modelplex._messages import ModelsUpdate
+    from modelplex._runtime import current_runtime
+    from modelplex._transport import connect
+
+    runtime = current_runtime()
+    handle = serve.run(Blocking.bind())
+    handle.pid.remote().result()
+    [router] = runtime.registry._routers.values()
+    [replica] = router._replicas.values()
+    blocked = handle.block.remote(3.0)
+    time.sleep(0.3)
+
+    async def greeting() -> object:
+        conn = await connect(tuple(replica.info.address), secret=runtime._secret, timeout_s=1.5)
+        try:
+            return await asyncio.wait_for(conn.recv(), 1.0)
+        finally:
+            conn.close()
+
+    started = time.monotonic()
+    assert isinstance(asyncio.run(greeting()), ModelsUpdate)
+    assert time.monotonic() - started < 2.0
+    assert blocked.result() == "done"
