@@ -60,12 +60,25 @@ def parse_args() -> argparse.Namespace:
     add("--plot", help="where the sweep figure goes (default docs/bench_slots.png)")
     add("--skip-overhead", action="store_true")
     add("--skip-sweep", action="store_true")
+    add("--only", choices=("trace", "overhead", "sweep"), help="run this section alone")
+    add("--rounds", type=int, default=1,
+        help="no-op overhead: run every system this many times, interleaved (default 1)")
+    add("--baseline", metavar="CHECKOUT",
+        help="also run modelplex from another checkout (e.g. a worktree of an older commit)")
     add("--quick", action="store_true", help="small settings: a smoke test in under a minute")
     args = parser.parse_args()
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.only is not None:
+        args.skip_trace = args.only != "trace"
+        args.skip_overhead = args.only != "overhead"
+        args.skip_sweep = args.only != "sweep"
+    else:
+        args.skip_trace = False
+    if args.baseline is not None:
+        args.baseline = os.path.abspath(args.baseline)
     return args
 
 
@@ -143,6 +156,9 @@ def trace_targets(args: argparse.Namespace, bench: Bench) -> list[Target]:
     if "modelplex" in systems:
         for backend in names(args.modelplex_backends):
             targets += [Target("modelplex", backend), Target("modelplex", backend, "tinylfu")]
+            if args.baseline is not None:
+                targets += [Target("modelplex", backend, root=args.baseline),
+                            Target("modelplex", backend, "tinylfu", root=args.baseline)]
     if "ray" in systems:
         why = ray_available()
         if why is None:
@@ -177,7 +193,7 @@ def main() -> None:
     modes = ("emulated", "real") if args.mode == "both" else (args.mode,)
     failed = False
     try:
-        for mode in modes:
+        for mode in modes if not args.skip_trace else ():
             weights_dir = ""
             if mode == "real":
                 weights_dir = tempfile.mkdtemp(prefix="weights-", dir=workdir)
@@ -211,13 +227,19 @@ def main() -> None:
 
 
 def overhead(args: argparse.Namespace, bench: Bench, targets: list[Target]) -> None:
-    """No-op deployments at the largest max_ongoing_requests, so nothing queues at the router."""
+    """No-op deployments at the largest max_ongoing_requests, so nothing queues at the router.
+
+    With ``--rounds`` every system runs once per round, in the same order, so a slow spell of a
+    shared machine falls on all of them; each row carries its round.
+    """
     max_ongoing = max(ints(args.max_ongoing))
     systems = [t for t in targets if t.policy is None]  # the eviction policy plays no part
-    for target in systems + [Target("uvicorn")]:
-        via = ("http",) if target.system == "uvicorn" else ("http", "handle")
-        rows = bench.attempt(target, run_overhead, bench.settings, max_ongoing=max_ongoing, via=via)
-        bench.record("overhead", rows or [])
+    for round_ in range(args.rounds):
+        for target in systems + [Target("uvicorn")]:
+            via = ("http",) if target.system == "uvicorn" else ("http", "handle")
+            rows = bench.attempt(target, run_overhead, bench.settings, max_ongoing=max_ongoing,
+                                 via=via)
+            bench.record("overhead", [dict(row, round=round_) for row in rows or []])
 
 
 def sweep(args: argparse.Namespace, bench: Bench, trace, results_dir: str, stamp: str) -> None:

@@ -19,7 +19,8 @@ TRACE_COLUMNS = (
     ("used after evict", "uses_after_evict"), ("hottest model loads", "hottest_model_loads"),
     ("load ms p50", "load_ms_p50"), ("startup s", "startup_s"), ("serve.run s", "serve_run_s"),
 )
-OVERHEAD_COLUMNS = (("system", "label"), ("via", "via"), ("req/s", "throughput_rps"),
+OVERHEAD_COLUMNS = (("round", "round"), ("system", "label"), ("via", "via"),
+                    ("req/s", "throughput_rps"), ("x bare uvicorn", "x_floor"),
                     ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("errors", "errors"))
 
 
@@ -52,9 +53,32 @@ def _trace_pairs(runs: Sequence[dict]) -> list[tuple[dict, dict]]:
     return pairs
 
 
+def _current(rows: Iterable[dict]) -> list[dict]:
+    """The rows of this checkout, not of a ``--baseline`` one."""
+    return [r for r in rows if "(baseline)" not in r.get("label", "")]
+
+
+def with_floor_ratios(over: Sequence[dict]) -> list[dict]:
+    """Each no-op row with its throughput over bare uvicorn's in the same round."""
+    floors = {r.get("round", 0): r["throughput_rps"] for r in over if r["system"] == "uvicorn"}
+    return [dict(r, x_floor=_ratio(r["throughput_rps"], floors.get(r.get("round", 0))))
+            for r in over]
+
+
+def floor_ratios(over: Sequence[dict]) -> list[dict]:
+    """Per system and path: the ratio to bare uvicorn in each round, and their median."""
+    by_key: dict[tuple[str, str], list[float]] = {}
+    for row in with_floor_ratios(over):
+        if row["system"] != "uvicorn" and row["x_floor"] is not None:
+            by_key.setdefault((row["label"], row["via"]), []).append(row["x_floor"])
+    return [{"label": label, "via": via, "rounds": ", ".join(map(str, xs)),
+             "median": sorted(xs)[len(xs) // 2]} for (label, via), xs in by_key.items()]
+
+
 def check_targets(results: dict) -> list[dict]:
     """Each target with the measured value and whether it was met; None when not measured."""
-    runs, over = results.get("runs", []), results.get("overhead", [])
+    runs = _current(results.get("runs", []))
+    over = _current(results.get("overhead", []))
     checks: list[dict] = []
 
     def add(target: str, value: Any, met: bool | None) -> None:
@@ -124,7 +148,11 @@ def summary(results: dict) -> str:
                        ("startup s (modelplex vs Ray)", "startup"))), ""]
     over = results.get("overhead", [])
     if over:
-        out += ["### No-op overhead", "", table(over, OVERHEAD_COLUMNS), ""]
+        out += ["### No-op overhead", "", table(with_floor_ratios(over), OVERHEAD_COLUMNS), ""]
+        out += [table(floor_ratios(over), (("system", "label"), ("via", "via"),
+                                           ("x bare uvicorn, each round", "rounds"),
+                                           ("median", "median"))), ""]
+        over = _current(over)
         ratios = []
         for via in ("http", "handle"):
             mine = _find(over, system="modelplex", backend="local", via=via)

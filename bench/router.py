@@ -27,6 +27,9 @@ class _Directory:
     def __init__(self, replica_set: ReplicaSet) -> None:
         self._set = replica_set
 
+    def report(self, report) -> None:
+        pass
+
     async def watch(self, deployment_id, known_version):
         if known_version != self._set.version:
             return self._set

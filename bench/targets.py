@@ -31,11 +31,14 @@ class Target:
     system: str  # "modelplex", "ray" or "uvicorn"
     backend: str = "local"  # modelplex only: "local" or "ray"
     policy: str | None = None  # modelplex only: eviction_policy, None = the default (LRU)
+    root: str | None = None  # modelplex only: another checkout to run (``--baseline``)
 
     @property
     def label(self) -> str:
         if self.system == "modelplex":
-            return f"modelplex[{self.backend}]" + (f" {self.policy}" if self.policy else " lru")
+            base = " (baseline)" if self.root else ""
+            policy = f" {self.policy}" if self.policy else " lru"
+            return f"modelplex[{self.backend}]{base}{policy}"
         return "Ray Serve lru" if self.system == "ray" else self.system
 
 
@@ -97,13 +100,15 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}/"
         config = {"system": target.system, "backend": target.backend, "port": self.port,
                   "app": app, "app_kwargs": app_kwargs}
-        env = dict(os.environ, PYTHONPATH=ROOT, RAY_USAGE_STATS_ENABLED="0",
+        # A baseline runs wholly from its own checkout (its bench.driver and its modelplex).
+        root = target.root or ROOT
+        env = dict(os.environ, PYTHONPATH=root, RAY_USAGE_STATS_ENABLED="0",
                    RAY_SERVE_LOG_TO_STDERR="0")
         self._log = open(log_path, "a")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "bench.driver", json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-            cwd=ROOT, env=env, start_new_session=True,
+            cwd=root, env=env, start_new_session=True,
         )
         self._started: dict[int, str] = {}
         self.ready: dict = {}

@@ -29,17 +29,21 @@ from ._messages import (
     DeploymentID,
     Ping,
     Pong,
+    Preload,
+    Preloaded,
     ReplicaInfo,
     ReplicaReady,
     ReplicaSet,
     ReplicaStartFailed,
     ReplicaStopped,
+    RouterReport,
     RouteTable,
     StopReplica,
     WatchReplicas,
     WatchRoutes,
 )
 from ._reconcile import History, Phase, Policy, ReplicaObservation, Target, reconcile
+from ._scaler import Scaler
 from ._specs import ReplicaSpec
 from ._transport import Channel, ConnectionClosed, Server, start_server
 
@@ -49,6 +53,8 @@ _WATCH_TIMEOUT_S = 30.0
 _START_WARN_S = 30.0
 _ROUTES_ACK_TIMEOUT_S = 5.0
 _LOOP_PERIOD_S = 1.0  # the loop looks again at least this often, events or not
+_AUTOSCALE_PERIOD_S = 0.5  # how often autoscaling deployments sample their load and decide
+_HANDOFF_TIMEOUT_S = 30.0  # a scale-down waits at most this long for survivors to preload
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,10 @@ class _Replica:
     address: tuple[str, int] | None = None
     control: Channel | None = None
     error: str = ""  # what the replica said when it could not start
+    retiring: bool = False  # handing its hot models to the survivors before it stops
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     pong: asyncio.Event = field(default_factory=asyncio.Event)
+    preloads: dict[int, asyncio.Future] = field(default_factory=dict)
 
     def observe(self) -> ReplicaObservation:
         return ReplicaObservation(self.replica_id, self.phase, self.code_version, self.since)
@@ -150,6 +158,9 @@ class Controller:
         self._route_watchers: dict[int, int] = {}  # id(connection) -> route version it has
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self._scaler = Scaler()
+        self._next_autoscale = 0.0
+        self._preload_seq = 0
         self._closed = False
 
     @property
@@ -351,6 +362,76 @@ class Controller:
             await self._server.close()
         await self._backend.close()
 
+    # ---- autoscaling -------------------------------------------------------------------------
+
+    def report(self, report: RouterReport) -> None:
+        """A router's load and demand; requests waiting where no replica runs wake the loop."""
+        self._scaler.record(report, self._clock())
+        deployment = self._deployments.get(report.deployment_id)
+        if report.queued and deployment is not None and deployment.target().num_replicas == 0:
+            self._wake.set()
+
+    def _autoscale(self, now: float) -> None:
+        for deployment in self._deployments.values():
+            scaling = deployment.spec.config.autoscaling_config
+            if scaling is None or deployment.removed:
+                continue
+            current = deployment.wanted()
+            decision = self._scaler.step(deployment.id, scaling, current, now)
+            if decision.target != current:
+                logger.info("%s: %s", deployment.id, decision.reason)
+                deployment.scaled_to = decision.target
+
+    def _stop_order(self, deployment: _Deployment) -> tuple[list[str], dict[str, str]]:
+        if deployment.spec.config.autoscaling_config is None:
+            return [], {}
+        running = [
+            r.replica_id for r in deployment.replicas.values()
+            if r.phase is Phase.RUNNING and r.code_version == deployment.code_version
+        ]
+        order, notes = self._scaler.stop_order(deployment.id, running)
+        retiring = [r for r in running if deployment.replicas[r].retiring]
+        return retiring + [r for r in order if r not in retiring], notes
+
+    async def _hand_off_and_stop(self, deployment: _Deployment, replica: _Replica) -> None:
+        """Scale-down: the survivors load the leaving replica's hot models, then it stops,
+        so no request pays a reload for a replica that was removed on purpose."""
+        keepers = [
+            r for r in deployment.replicas.values()
+            if r.phase is Phase.RUNNING and not r.retiring and r.control is not None
+        ]
+        moves = self._scaler.hand_off(deployment.id, replica.replica_id, [r.replica_id for r in keepers])
+        by_id = {r.replica_id: r for r in keepers}
+        if moves:
+            logger.info(
+                "%s: before stopping %s, preloading %s", deployment.id, replica.replica_id,
+                ", ".join(f"{m} on {k}" for m, k in moves),
+            )
+            results = await asyncio.gather(
+                *(self._preload(by_id[k], m) for m, k in moves), return_exceptions=True
+            )
+            for (model_id, keeper), result in zip(moves, results):
+                if result is not True:
+                    logger.warning("Preloading %s on %s failed: %s", model_id, keeper, result)
+        if replica.phase is Phase.RUNNING:
+            replica.phase, replica.since = Phase.STOPPING, self._clock()
+            await self._publish(deployment)
+            await self._stop_replica(replica)
+
+    async def _preload(self, keeper: _Replica, model_id: str) -> bool | str:
+        self._preload_seq += 1
+        seq = self._preload_seq
+        future = asyncio.get_running_loop().create_future()
+        keeper.preloads[seq] = future
+        try:
+            keeper.control.send_nowait(Preload(seq, model_id))
+            reply = await asyncio.wait_for(future, _HANDOFF_TIMEOUT_S)
+            return True if reply.ok else reply.error
+        except (ConnectionClosed, OSError, asyncio.TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            keeper.preloads.pop(seq, None)
+
     # ---- replica sets ------------------------------------------------------------------------
 
     def replica_set(self, deployment_id: DeploymentID) -> ReplicaSet:
@@ -406,7 +487,14 @@ class Controller:
     async def _run(self) -> None:
         while not self._closed:
             self._wake.clear()
-            wake_at = self._clock() + _LOOP_PERIOD_S
+            now = self._clock()
+            if now >= self._next_autoscale or any(
+                d.target().num_replicas == 0 and self._scaler.waiting(d.id, now)
+                for d in self._deployments.values()
+            ):
+                self._next_autoscale = now + _AUTOSCALE_PERIOD_S
+                self._autoscale(now)
+            wake_at = min(now + _LOOP_PERIOD_S, self._next_autoscale)
             for deployment in list(self._deployments.values()):
                 try:
                     at = await self._reconcile(deployment)
@@ -423,16 +511,35 @@ class Controller:
     async def _reconcile(self, deployment: _Deployment) -> float | None:
         now = self._clock()
         observed = [r.observe() for r in deployment.replicas.values()]
-        plan = reconcile(deployment.target(), observed, deployment.history, now, self._policy)
+        order, notes = self._stop_order(deployment)
+        plan = reconcile(
+            deployment.target(), observed, deployment.history, now, self._policy, order
+        )
         for reason in plan.reasons:
             logger.debug("%s: %s", deployment.id, reason)
         for replica_id in plan.timed_out:
             replica = deployment.replicas[replica_id]
             replica.error = f"replica {replica_id} did not start within {self._policy.start_timeout_s:g}s"
             self._start_failed(deployment, replica)
-        stopping = [deployment.replicas[r] for r in plan.stop]
-        for replica in stopping:
+        stopping = []
+        for replica in (deployment.replicas[r] for r in plan.stop):
+            if replica.retiring:
+                continue  # already handing off
+            if (
+                notes
+                and replica.phase is Phase.RUNNING
+                and replica.code_version == deployment.code_version
+                and replica.replica_id not in plan.timed_out
+            ):
+                replica.retiring = True
+                logger.info(
+                    "%s: stop replica %s: %s", deployment.id, replica.replica_id,
+                    notes.get(replica.replica_id, "scaled down"),
+                )
+                self._spawn(self._hand_off_and_stop(deployment, replica))
+                continue
             replica.phase, replica.since = Phase.STOPPING, now
+            stopping.append(replica)
         await self._publish(deployment)  # routers stop sending to them before they drain
         for replica in stopping:
             self._spawn(self._stop_replica(replica))
@@ -455,6 +562,7 @@ class Controller:
             if deployment.removed and self._deployments.get(deployment.id) is deployment:
                 del self._deployments[deployment.id]
                 self._cache_limits.pop(deployment.id, None)
+                self._scaler.forget(deployment.id)
 
     def _give_up(self, deployment: _Deployment) -> None:
         message, tb = deployment.last_error
@@ -574,6 +682,10 @@ class Controller:
             message = await conn.recv()
             if isinstance(message, (ReplicaReady, ReplicaStartFailed)):
                 await self._replica_channel(conn, message)
+            elif isinstance(message, RouterReport):
+                while isinstance(message, RouterReport):
+                    self.report(message)
+                    message = await conn.recv()
             elif isinstance(message, WatchReplicas):
                 while True:
                     conn.send_nowait(await self.watch(message.deployment_id, message.known_version))
@@ -616,6 +728,10 @@ class Controller:
             message = await conn.recv()
             if isinstance(message, Pong):
                 replica.pong.set()
+            elif isinstance(message, Preloaded):
+                future = replica.preloads.get(message.seq)
+                if future is not None and not future.done():
+                    future.set_result(message)
             elif isinstance(message, ReplicaStopped):
                 return
 

@@ -83,6 +83,7 @@ class ModelsUpdate:
     loaded: Mapping[str, float]  # model id -> seconds its load took
     loading: tuple[str, ...]
     has_room: bool
+    slots: int = -1  # models its caches keep in all (-1: no count limit)
 
 
 # ---- control plane --------------------------------------------------------------------------
@@ -110,6 +111,39 @@ class StopReplica:
 @dataclass(frozen=True)
 class ReplicaStopped:
     replica_id: str
+
+
+@dataclass(frozen=True)
+class Preload:
+    """Controller -> replica: load ``model_id`` now (its holder is about to stop)."""
+
+    seq: int
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Preloaded:
+    seq: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RouterReport:
+    """Router -> controller, every half second: the load and the demand it sees.
+
+    Counts since the previous report; ``models`` keeps the most requested ids only, and
+    ``held`` is what the router believes each replica holds (model id -> seconds to load)."""
+
+    router_id: str
+    deployment_id: DeploymentID
+    ongoing: int
+    queued: int
+    placed: int
+    misses: int
+    models: tuple[tuple[str, int], ...]
+    held: tuple[tuple[str, tuple[tuple[str, float], ...]], ...]
+    slots: int
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from ._errors import ModelIdError
 
 MAX_MODEL_ID_BYTES = 256
 MODEL_ID_HEADERS = ("serve_multiplexed_model_id", "serve-multiplexed-model-id")
+_HEADER_NAMES = frozenset(name.encode("latin-1") for name in MODEL_ID_HEADERS)
 
 
 def validate_model_id(model_id: object) -> str:
@@ -31,7 +32,7 @@ def validate_model_id(model_id: object) -> str:
 def model_id_from_headers(headers: list[tuple[bytes, bytes]]) -> str:
     """The model id an HTTP request names, matched case-insensitively in either spelling."""
     for name, value in headers:
-        if name.lower().decode("latin-1") in MODEL_ID_HEADERS:
+        if name.lower() in _HEADER_NAMES:  # bytes: no decoding of every header name
             # Only the spaces and tabs HTTP allows around a value are dropped (httptools keeps
             # trailing ones). str.strip() would also drop Unicode whitespace such as U+0085 and
             # serve "\x85evil" as "evil" while a handle refuses it: the id is validated as sent.

@@ -40,6 +40,9 @@ from ._router import RouterRegistry
 
 logger = logging.getLogger("modelplex.proxy")
 
+# A request still running after this long starts watching for its client's disconnect.
+_WATCH_AFTER_S = 0.05
+
 # Request ids only tie log lines together; they need not be secret, so no system call per request.
 _ids = random.Random()
 
@@ -106,15 +109,16 @@ class ProxyApp:
         headers = scope.get("headers", ())
         if len(headers) > self._options.max_header_count:
             raise HeadersTooLargeError(f"more than {self._options.max_header_count} headers")
-        size = sum(len(name) + len(value) for name, value in headers)
+        size = 0
+        too_long = False
+        for name, value in headers:  # one pass: this runs for every request
+            size += len(name) + len(value)
+            if name == b"content-length" and value.isdigit():
+                too_long = too_long or int(value) > self._options.max_body_bytes
         if size > self._options.max_header_bytes:
             raise HeadersTooLargeError(f"headers larger than {self._options.max_header_bytes} bytes")
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit():
-                if int(value) > self._options.max_body_bytes:
-                    raise PayloadTooLargeError(
-                        f"request body is larger than {self._options.max_body_bytes} bytes"
-                    )
+        if too_long:
+            raise PayloadTooLargeError(f"request body is larger than {self._options.max_body_bytes} bytes")
 
     def _management_allowed(self, scope: Scope) -> bool:
         token = self._options.management_token
@@ -143,18 +147,25 @@ class ProxyApp:
             )
         )
         # A client that goes away, or a request past its time limit, cancels the call, down to
-        # the replica's task (or its place in the router's queue).
-        gone = loop.create_task(_disconnected(receive))
+        # the replica's task (or its place in the router's queue). Most requests end before a
+        # disconnect could matter, so the watcher (a task) starts only after _WATCH_AFTER_S.
         timeout = self._options.request_timeout_s
+        gone: asyncio.Task | None = None
         try:
-            await asyncio.wait((call, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            first = _WATCH_AFTER_S if timeout is None else min(_WATCH_AFTER_S, timeout)
+            await asyncio.wait((call,), timeout=first)
+            if not call.done():
+                gone = loop.create_task(_disconnected(receive))
+                rest = None if timeout is None else max(0.0, timeout - first)
+                await asyncio.wait((call, gone), timeout=rest, return_when=asyncio.FIRST_COMPLETED)
             if call.done():
                 return call.result()
-            if gone.done():
+            if gone is not None and gone.done():
                 raise ClientDisconnectedError()
             raise RequestTimeoutError(timeout)  # type: ignore[arg-type]
         finally:
-            gone.cancel()
+            if gone is not None:
+                gone.cancel()
             if not call.done():
                 await _cancel(call)
 

@@ -91,8 +91,12 @@ def reconcile(
     history: History,
     now: float,
     policy: Policy = Policy(),
+    stop_order: Sequence[str] = (),
 ) -> Plan:
-    """The actions that bring ``replicas`` to ``target``; pure, so ``now`` is an input."""
+    """The actions that bring ``replicas`` to ``target``; pure, so ``now`` is an input.
+
+    ``stop_order`` ranks running replicas cheapest to lose first (the autoscaler's view of
+    what they hold); replicas it does not name go after it, newest first."""
     live = [r for r in replicas if r.phase is not Phase.STOPPING]
     timed_out = tuple(
         r.replica_id
@@ -129,8 +133,12 @@ def reconcile(
         else:
             wake.append(not_before)
     elif have > want:
-        # Scale down: replicas still starting first (nothing to lose), then the newest.
-        by_cost = sorted(current, key=lambda r: (r.phase is Phase.RUNNING, -r.since))
+        # Scale down: replicas still starting first (nothing to lose), then as ranked.
+        rank = {replica_id: i for i, replica_id in enumerate(stop_order)}
+        by_cost = sorted(
+            current,
+            key=lambda r: (r.phase is Phase.RUNNING, rank.get(r.replica_id, len(rank)), -r.since),
+        )
         extra = [r.replica_id for r in by_cost[: have - want]]
         stop += extra
         reasons.append(f"stop {len(extra)}: {have} replicas for a target of {want}")

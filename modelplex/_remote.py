@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ._messages import DeploymentID, ReplicaSet, RouteTable, WatchReplicas, WatchRoutes
+from ._messages import DeploymentID, ReplicaSet, RouterReport, RouteTable, WatchReplicas, WatchRoutes
 from ._transport import Connection, ConnectionClosed, connect
 
 logger = logging.getLogger("modelplex.remote")
@@ -24,6 +24,8 @@ class RemoteDirectory:
         self._address = address
         self._secret = secret
         self._conns: dict[DeploymentID, Connection] = {}
+        self._reports: Connection | None = None
+        self._connecting: asyncio.Task | None = None
 
     async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet:
         conn = self._conns.get(deployment_id)
@@ -36,10 +38,28 @@ class RemoteDirectory:
             raise TypeError(f"unexpected reply from controller: {type(reply).__name__}")
         return reply
 
+    def report(self, report: RouterReport) -> None:
+        """Send a router's report on a connection of its own; dropped while none is up."""
+        conn = self._reports
+        if conn is not None and not conn.closed:
+            conn.send_nowait(report)
+        elif self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._connect_reports())
+
+    async def _connect_reports(self) -> None:
+        try:
+            self._reports = await connect(self._address, secret=self._secret)
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            logger.debug("Cannot reach the controller for reports: %s", exc)
+
     def close(self) -> None:
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
+        if self._reports is not None:
+            self._reports.close()
+        if self._connecting is not None:
+            self._connecting.cancel()
 
 
 class RemoteRoutes:

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import pickle
 import secrets
 import socket
@@ -33,6 +34,7 @@ __all__ = [
     "ConnectionClosed",
     "MAX_FRAME_BYTES",
     "Server",
+    "adopt",
     "connect",
     "new_secret",
     "start_server",
@@ -180,6 +182,17 @@ class Connection:
             self._closed = True
             self._writer.close()
 
+    def detach(self) -> int:
+        """Give this connection up on its loop, for ``adopt`` on another: a duplicate of the
+        socket's file descriptor. Only between messages, with nothing read ahead."""
+        self._flush()
+        if self._transport.get_write_buffer_size() or getattr(self._reader, "_buffer", b""):
+            raise RuntimeError(f"cannot detach the connection to {self.peer}: data in flight")
+        fd = os.dup(self._transport.get_extra_info("socket").fileno())
+        self._closed = True
+        self._transport.abort()  # closes our descriptor only: the duplicate keeps the socket
+        return fd
+
     async def wait_closed(self) -> None:
         try:
             await self._writer.wait_closed()
@@ -294,6 +307,13 @@ async def start_server(
     bound_host, bound_port = server._server.sockets[0].getsockname()[:2]
     server.address = (bound_host, bound_port)
     return server
+
+
+async def adopt(fd: int, peer: str, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> Connection:
+    """Carry on, on this loop, a connection that ``Connection.detach`` gave up on another."""
+    reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd),
+                                                   limit=_STREAM_LIMIT)
+    return Connection(reader, writer, peer, max_frame_bytes=max_frame_bytes)
 
 
 async def connect(

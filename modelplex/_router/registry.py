@@ -26,7 +26,7 @@ class ReplicaView:
 
     __slots__ = (
         "info", "running", "ongoing", "loaded", "loading", "has_room", "models_version",
-        "sent_loads", "reminded", "listed", "_state",
+        "sent_loads", "reminded", "listed", "slots", "_state",
     )
 
     def __init__(self, info: ReplicaInfo) -> None:
@@ -40,6 +40,7 @@ class ReplicaView:
         self.sent_loads: dict[str, int] = {}  # model id -> requests sent that will load it
         self.reminded: dict[str, float] = {}  # model id -> when a Touch for it was last sent
         self.listed = True
+        self.slots = -1  # models its caches keep (-1: no count limit, or not said yet)
         self._state: ReplicaState | None = None
 
     @property
@@ -165,6 +166,7 @@ class ReplicaRegistry:
         view.loaded = dict(update.loaded)
         view.loading = frozenset(update.loading)
         view.has_room = update.has_room
+        view.slots = update.slots
         view._state = None
         return True
 

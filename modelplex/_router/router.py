@@ -33,7 +33,15 @@ from .._errors import (
     ShuttingDownError,
     UnserializableArgumentsError,
 )
-from .._messages import Call, DeploymentID, HTTPRequest, ModelsUpdate, ReplicaSet, Result
+from .._messages import (
+    Call,
+    DeploymentID,
+    HTTPRequest,
+    ModelsUpdate,
+    ReplicaSet,
+    Result,
+    RouterReport,
+)
 from .._routing import Choice, Reason, SpillMeter, choose_replica
 from .pool import ChannelReplica, Dialer, NotSent, Pool, RunningReplica, Sleep
 from .queue import Group, WaitQueue
@@ -47,6 +55,11 @@ REMIND_S = 0.05
 SEND_ATTEMPTS = 3
 # Spill debts kept at most; idle ones are dropped first (see SpillMeter).
 MAX_SPILL_DEBTS = 4096
+# How often a router tells the controller what load and demand it sees (for autoscaling).
+REPORT_S = 0.5
+# Model ids counted between two reports, at most, and how many of them a report names.
+MAX_DEMAND_IDS = 4096
+REPORTED_IDS = 64
 
 
 def _encode_args(args: tuple, kwargs: dict) -> bytes:
@@ -59,9 +72,12 @@ def _encode_args(args: tuple, kwargs: dict) -> bytes:
 
 
 class ReplicaDirectory(Protocol):
-    """Where a router learns the replicas of a deployment (the controller, near or far)."""
+    """Where a router learns the replicas of a deployment (the controller, near or far), and
+    tells it what load it sees."""
 
     async def watch(self, deployment_id: DeploymentID, known_version: int) -> ReplicaSet: ...
+
+    def report(self, report: RouterReport) -> None: ...
 
 
 class Slot:
@@ -102,6 +118,11 @@ class Router:
             sleep=sleep, rng=self._rng,
         )
         self._ids = itertools.count(1)
+        self._router_id = f"{id(self):x}-{self._rng.getrandbits(32):08x}"
+        self._placed = 0
+        self._misses = 0
+        self._demand: dict[str, int] = {}
+        self._report_task: asyncio.Task | None = None
         self._watch_task: asyncio.Task | None = None
         self._tick_task: asyncio.Task | None = None
         self._ready = asyncio.Event()  # pulsed whenever routable replicas may have changed
@@ -187,7 +208,7 @@ class Router:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._watch_task, self._tick_task):
+        for task in (self._watch_task, self._tick_task, self._report_task):
             if task is not None:
                 task.cancel()
         for waiting in self._queue.clear():
@@ -199,7 +220,51 @@ class Router:
 
     def _start(self) -> None:
         if self._watch_task is None and not self._closed:
-            self._watch_task = asyncio.get_running_loop().create_task(self._watch())
+            loop = asyncio.get_running_loop()
+            self._watch_task = loop.create_task(self._watch())
+            self._report_task = loop.create_task(self._report_loop())
+
+    # ---- reports -----------------------------------------------------------------------------
+
+    def _count(self, model_id: str, loads: bool) -> None:
+        self._placed += 1
+        self._misses += loads
+        if model_id:
+            demand = self._demand
+            demand[model_id] = demand.get(model_id, 0) + 1
+            if len(demand) > MAX_DEMAND_IDS:  # keep the busiest quarter: bounded by design
+                kept = sorted(demand.items(), key=lambda kv: -kv[1])[: MAX_DEMAND_IDS // 4]
+                self._demand = dict(kept)
+
+    def report(self) -> RouterReport:
+        """What this router saw since its last report (and resets the counts)."""
+        views = self._registry.routable()
+        top = sorted(self._demand.items(), key=lambda kv: -kv[1])[:REPORTED_IDS]
+        report = RouterReport(
+            router_id=self._router_id,
+            deployment_id=self.deployment_id,
+            ongoing=sum(v.ongoing for v in views),
+            queued=len(self._queue),
+            placed=self._placed,
+            misses=self._misses,
+            models=tuple(top),
+            held=tuple((v.replica_id, tuple(v.loaded.items())) for v in views),
+            slots=max((v.slots for v in views), default=-1),
+        )
+        self._placed = self._misses = 0
+        self._demand = {}
+        return report
+
+    async def _report_loop(self) -> None:
+        while not self._closed:
+            await self._sleep(REPORT_S)
+            self._send_report()
+
+    def _send_report(self) -> None:
+        try:
+            self._directory.report(self.report())
+        except Exception:  # the controller is away: the next report says it all again
+            logger.debug("reporting load for %s failed", self.deployment_id, exc_info=True)
 
     def _choose(self, model_id: str, now: float) -> Choice:
         views = self._registry.routable()
@@ -234,7 +299,9 @@ class Router:
             self._spill.reset(model_id)
         view = self._registry.get(choice.replica_id)
         assert view is not None and view.running is not None
-        return Slot(view, view.running, model_id, view.reserve(model_id))
+        loads = view.reserve(model_id)
+        self._count(model_id, loads)
+        return Slot(view, view.running, model_id, loads)
 
     async def _wait(self, model_id: str) -> Slot:
         limit = self._registry.max_queued
@@ -244,6 +311,8 @@ class Router:
         loop = asyncio.get_running_loop()
         waiting, waited = self._queue.push(model_id, loop.create_future(), now)
         self._accrue(model_id, waited, now)
+        if len(self._queue) == 1 and self._registry.version >= 0 and not len(self._registry):
+            self._send_report()  # none to serve it: ask for one at once
         self._drain()
         if self._queue and self._tick_task is None and not self._closed:
             self._tick_task = loop.create_task(self._tick())

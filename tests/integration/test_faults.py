@@ -422,3 +422,40 @@ def test_a_replacement_that_crashes_while_starting_is_replaced_once(serve_instan
     time.sleep(2.0)  # room for a runaway extra replacement to start, as it did before
     assert len(os.listdir(tmp_path)) == 3
     assert len(_live_replicas()) == 1
+
+
+@serve.deployment
+class Blocking:
+    async def block(self, seconds: float) -> str:
+        time.sleep(seconds)  # blocks the user loop, as a careless async loader would
+        return "done"
+
+    async def pid(self) -> int:
+        return os.getpid()
+
+
+def test_a_new_router_is_greeted_while_user_code_blocks_the_loop(serve_instance):
+    """Routers' connections are served on the user loop, but greeted on the control loop."""
+    from modelplex._messages import ModelsUpdate
+    from modelplex._runtime import current_runtime
+    from modelplex._transport import connect
+
+    runtime = current_runtime()
+    handle = serve.run(Blocking.bind())
+    handle.pid.remote().result()
+    [router] = runtime.registry.routers()
+    [address] = router.replica_addresses().values()
+    blocked = handle.block.remote(3.0)
+    time.sleep(0.3)
+
+    async def greeting() -> object:
+        conn = await connect(tuple(address), secret=runtime._secret, timeout_s=1.5)
+        try:
+            return await asyncio.wait_for(conn.recv(), 1.0)
+        finally:
+            conn.close()
+
+    started = time.monotonic()
+    assert isinstance(asyncio.run(greeting()), ModelsUpdate)
+    assert time.monotonic() - started < 2.0
+    assert blocked.result() == "done"

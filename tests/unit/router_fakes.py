@@ -68,6 +68,7 @@ class Directory:
 
     def __init__(self) -> None:
         self.current: ReplicaSet | None = None
+        self.reports: list = []
         self._changed = asyncio.Condition()
 
     async def publish(self, replicas, *, max_queued: int = -1, version: int | None = None) -> None:
@@ -78,6 +79,9 @@ class Directory:
         async with self._changed:
             self._changed.notify_all()
         await settle()
+
+    def report(self, report) -> None:
+        self.reports.append(report)
 
     async def watch(self, deployment_id, known_version):
         async with self._changed:

@@ -102,3 +102,11 @@ def test_a_rolled_back_version_retires_the_replicas_of_the_failed_one():
 def test_backoff_grows_and_is_capped():
     assert [POLICY.backoff(n) for n in range(6)] == [0.0, 0.5, 1.0, 2.0, 2.0, 2.0]
     assert History().last_failure_at == -math.inf
+
+
+def test_scale_down_follows_the_stop_order_among_running_replicas():
+    replicas = [replica("a", since=1.0), replica("b", since=2.0), replica("c", since=3.0)]
+    plan = reconcile(Target(2, 1), replicas, History(), 4.0, POLICY, stop_order=("a", "c"))
+    assert plan.stop == ("a",)
+    plan = reconcile(Target(1, 1), replicas, History(), 4.0, POLICY, stop_order=("b",))
+    assert plan.stop == ("b", "c")  # then the newest of those not ranked

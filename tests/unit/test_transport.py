@@ -18,6 +18,7 @@ from modelplex._transport import (
     AuthenticationError,
     Connection,
     ConnectionClosed,
+    adopt,
     connect,
     new_secret,
     start_server,
@@ -582,3 +583,40 @@ def test_raw_pickle_is_never_unpickled_on_uvloop(tmp_path, caplog, how):
         loop.run_until_complete(coro)
     finally:
         loop.close()
+
+
+async def test_a_detached_connection_carries_on_on_another_loop():
+    """The replica greets a router on its control loop, then serves it on the user loop."""
+    from modelplex._aio import LoopThread
+
+    other = LoopThread("test-other-loop")
+    adopted = asyncio.get_running_loop().create_future()
+
+    async def carry_on(fd: int, peer: str) -> None:
+        conn = await adopt(fd, peer)
+        await conn.send(("adopted", await conn.recv()))
+        await conn.send(("adopted", await conn.recv()))
+        conn.close()
+
+    async def greet(conn: Connection) -> None:
+        conn.send_nowait("hello")
+        fd = conn.detach()
+        assert conn.closed
+        await asyncio.wrap_future(other.submit(carry_on(fd, conn.peer)))
+        adopted.set_result(True)
+
+    server = await start_server(greet, secret=SECRET)
+    client = await connect(server.address, secret=SECRET)
+    try:
+        assert await client.recv() == "hello"
+        client.send_nowait(1)
+        assert await client.recv() == ("adopted", 1)
+        client.send_nowait(2)
+        assert await client.recv() == ("adopted", 2)
+        with pytest.raises(ConnectionClosed):
+            await client.recv()
+        assert await asyncio.wait_for(adopted, 5)
+    finally:
+        client.close()
+        await server.close()
+        other.stop()
