@@ -134,6 +134,7 @@ def run_system(system: str, trace, args: argparse.Namespace, config: dict | None
         "hit_rate": round(1 - counts.loads / requests, 4) if requests else 0.0,
         "lost_to_stops": counts.lost,
         "scale_down_reloads": counts.reloads,
+        "preloads": counts.preloads,
         "replicas_per_10s": per_window(samples, start, end),
         "timeline": [(round(t - start, 2), len(p)) for t, p in samples],
         **ready,

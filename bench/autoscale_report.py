@@ -19,7 +19,7 @@ COLUMNS = (
     ("mean replicas", "mean_replicas"), ("max replicas", "max_replicas"), ("p50 ms", "p50_ms"),
     ("p99 ms", "p99_ms"), ("burst p99 ms", "burst_p99_ms"), ("max ms", "max_ms"),
     ("loads", "loads"), ("hit rate", "hit_rate"), ("lost to stops", "lost_to_stops"),
-    ("scale-down reloads", "scale_down_reloads"), ("failed", "errors"),
+    ("scale-down reloads", "scale_down_reloads"), ("preloads", "preloads"), ("failed", "errors"),
     ("replicas stopped", "replicas_stopped"),
 )
 

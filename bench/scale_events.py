@@ -7,7 +7,10 @@ model *at its stop* if the model was loaded there and not unloaded before that l
 (plus ``EVICT_GRACE_S``: an LRU eviction may follow the load that caused it). Unloads after that
 are the shutdown's (its models' ``__del__``), not LRU's.
 
-A load of model m on replica q at time t is a **scale-down reload** when no replica other than
+A load is *requested* when a request for the model started on that replica within
+``REQUEST_WINDOW_S`` before it; any other load is a *preload* (modelplex's hand-off: before a
+replica stops, the survivors load its hot models). A requested load of model m on replica q at
+time t is a **scale-down reload** when no replica other than
 q holds m at t, and of m's holdings before t the one that ended last was lost to a stop. A held
 model counts from its load's start until its unload; a model lost to a stop counts only until the
 replica's last activity, since a stopping replica takes no new requests.
@@ -22,6 +25,7 @@ from typing import Iterable, Mapping
 __all__ = ["Holding", "ScaleDownCounts", "holdings", "scale_down_counts"]
 
 EVICT_GRACE_S = 0.05
+REQUEST_WINDOW_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,9 @@ class Holding:
 class ScaleDownCounts:
     loads: int
     lost: int  # models held by replicas when they stopped during the run
-    reloads: int  # loads of models whose last holder stopped (not LRU-evicted there)
+    reloads: int  # requested loads of models whose last holder stopped (not LRU-evicted there)
     reloaded_models: tuple[str, ...] = ()
+    preloads: int = 0  # loads no request on that replica asked for
 
 
 def holdings(events: Iterable[dict], stopped: Mapping[int, float]) -> list[Holding]:
@@ -79,13 +84,19 @@ def scale_down_counts(events: Iterable[dict], stopped: Mapping[int, float]) -> S
     held = holdings(events, stopped)
     for h in held:
         by_model[h.model].append(h)
-    loads = reloads = 0
+    loads = reloads = preloads = 0
     reloaded: list[str] = []
+    asked: dict[tuple[str, int], float] = {}  # (model, pid) -> its last request there
     for e in events:
+        if e["event"] == "request":
+            asked[e["model"], e["pid"]] = e["t"]
         if e["event"] != "load_start":
             continue
         loads += 1
         t, model, pid = e["t"], e["model"], e["pid"]
+        if t - asked.get((model, pid), float("-inf")) > REQUEST_WINDOW_S:
+            preloads += 1
+            continue
         mine = by_model.get(model, [])
         if any(h.pid != pid and h.start <= t < h.end for h in mine):
             continue  # another replica has it: a spread or duplicate load, not a lost model
@@ -93,4 +104,4 @@ def scale_down_counts(events: Iterable[dict], stopped: Mapping[int, float]) -> S
         if before and max(before, key=lambda h: h.end).lost:
             reloads += 1
             reloaded.append(model)
-    return ScaleDownCounts(loads, sum(h.lost for h in held), reloads, tuple(reloaded))
+    return ScaleDownCounts(loads, sum(h.lost for h in held), reloads, tuple(reloaded), preloads)

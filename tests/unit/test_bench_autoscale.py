@@ -182,6 +182,15 @@ def test_a_request_after_the_loss_but_during_shutdown_is_a_reload():
     assert scale_down_counts(events, stopped={1: 5.5}).reloads == 1
 
 
+def test_a_preload_is_not_a_request_path_reload():
+    # modelplex's hand-off: replica 2 loads "a" (no request there asked for it) before 1 stops
+    events = sorted(load(0, "a", 1) + [ev(4, "load_start", "a", 2), ev(4.25, "load_end", "a", 2),
+                                       ev(5, "unload", "a", 1)] + [ev(6, "request", "a", 2)],
+                    key=lambda e: e["t"])
+    counts = scale_down_counts(events, stopped={1: 5.5})
+    assert (counts.loads, counts.preloads, counts.lost, counts.reloads) == (2, 1, 1, 0)
+
+
 # ---- targets ----------------------------------------------------------------------------------
 
 
