@@ -91,6 +91,17 @@ def per_window(samples: list, start: float, end: float, width: float = 10.0) -> 
     return out
 
 
+def controller_decisions(path: str, start: float, end: float) -> list[str]:
+    """modelplex's controller log lines in the run, as "<s from start> <message>"."""
+    try:
+        with open(path) as f:
+            lines = [line.rstrip("\n").split(" ", 1) for line in f if " " in line]
+    except OSError:
+        return []
+    return [f"{float(t) - start:.1f} {message}" for t, message in lines
+            if start - 1 <= float(t) <= end]
+
+
 def run_system(system: str, trace, args: argparse.Namespace, config: dict | None,
                fixed: int | None, workdir: str) -> dict:
     events_dir = tempfile.mkdtemp(prefix=f"events-{system}-", dir=workdir)
@@ -102,7 +113,9 @@ def run_system(system: str, trace, args: argparse.Namespace, config: dict | None
         app_kwargs["autoscaling_config"] = config
     target = Target(system)
     log = os.path.join(workdir, "drivers.log")
-    with Server(target, "autoscale", app_kwargs, log) as server:
+    controller_log = os.path.join(workdir, f"controller-{system}.log")
+    options = {"controller_log": controller_log} if system == "modelplex" else {}
+    with Server(target, "autoscale", app_kwargs, log, driver_options=options) as server:
         with ReplicaSampler(server.pid, PATTERNS[system]) as sampler:
             figures = run_open_loop({"url": server.url, "times": list(trace.times),
                                      "ids": list(trace.model_ids), "timeout_s": 120.0,
@@ -118,6 +131,7 @@ def run_system(system: str, trace, args: argparse.Namespace, config: dict | None
     rs = replica_seconds(samples, start, end)
     latencies = figures.pop("latencies")
     requests = sum(1 for e in events if e["event"] == "request")
+    decisions = controller_decisions(controller_log, start, end)
     return {
         "system": system,
         "label": "modelplex" if system == "modelplex" else "Ray Serve 2.60",
@@ -137,6 +151,7 @@ def run_system(system: str, trace, args: argparse.Namespace, config: dict | None
         "preloads": counts.preloads,
         "replicas_per_10s": per_window(samples, start, end),
         "timeline": [(round(t - start, 2), len(p)) for t, p in samples],
+        "decisions": decisions,
         **ready,
     }
 

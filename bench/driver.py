@@ -68,6 +68,12 @@ def run_modelplex(config: dict) -> None:
     quiet = logging.StreamHandler(sys.stderr)
     quiet.setLevel(logging.WARNING)
     logging.getLogger("modelplex").addHandler(quiet)
+    if config.get("controller_log"):  # the controller's decisions (scale, stop, preload), timed
+        decisions = logging.FileHandler(config["controller_log"])
+        decisions.setFormatter(logging.Formatter("%(created).3f %(message)s"))
+        controller = logging.getLogger("modelplex.controller")
+        controller.setLevel(logging.INFO)
+        controller.addHandler(decisions)
     http = {"host": "127.0.0.1", "port": config["port"]}
     backend = config.get("backend", "local")
     t0 = time.perf_counter()

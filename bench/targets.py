@@ -94,12 +94,12 @@ class Server:
     """A running driver; use as a context manager. ``ready`` holds its startup figures."""
 
     def __init__(self, target: Target, app: str, app_kwargs: dict, log_path: str,
-                 timeout_s: float = 180.0) -> None:
+                 timeout_s: float = 180.0, driver_options: dict | None = None) -> None:
         self.target = target
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         config = {"system": target.system, "backend": target.backend, "port": self.port,
-                  "app": app, "app_kwargs": app_kwargs}
+                  "app": app, "app_kwargs": app_kwargs, **(driver_options or {})}
         # A baseline runs wholly from its own checkout (its bench.driver and its modelplex).
         root = target.root or ROOT
         env = dict(os.environ, PYTHONPATH=root, RAY_USAGE_STATS_ENABLED="0",
