@@ -1,5 +1,6 @@
-"""The disk tier against real stores: a moto S3 server, an HTTP server, local files, real
-replica processes. Downloads are counted on the server side."""
+"""The disk tier against real stores: a moto S3 server (``bench.s3_server``, in a process of
+its own), an HTTP server, local files, real replica processes. Downloads are counted on the
+server side: a download is a GET from byte 0."""
 
 from __future__ import annotations
 
@@ -14,19 +15,21 @@ import pytest
 import requests
 
 import modelplex as serve
+from bench.s3_server import CREDENTIALS
 from modelplex import _disk_cache
 
 from ..conftest import ROOT, wait_until
-from .stores import CREDENTIALS, HTTPStore, MotoS3
+from .stores import HTTPStore
 
 H = "serve_multiplexed_model_id"
 
 
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoS3()
-    yield server
-    server.stop()
+@pytest.fixture
+def s3(moto_server):
+    """The session's moto server, its counts at 0 (the environment does not point at it:
+    ``s3.options`` does)."""
+    moto_server.reset()
+    return moto_server
 
 
 @pytest.fixture
@@ -73,9 +76,9 @@ def test_plain_and_file_paths(cache_dir, tmp_path):
 
 
 async def test_s3_file_and_prefix_download_once(cache_dir, s3):
-    s3.put("models", "t1/w.bin", b"x" * 4096)
-    s3.put("models", "t1/dir/config.json", b"{}")
-    s3.put("models", "t1/dir/weights/0.bin", b"0" * 100)
+    s3.put("models", {"t1/w.bin": b"x" * 4096})
+    s3.put("models", {"t1/dir/config.json": b"{}"})
+    s3.put("models", {"t1/dir/weights/0.bin": b"0" * 100})
     path = await serve.fetch("s3://models/t1/w.bin", storage_options=s3.options)
     assert open(path, "rb").read() == b"x" * 4096
     folder = await serve.fetch("s3://models/t1/dir/", storage_options=s3.options)
@@ -83,18 +86,18 @@ async def test_s3_file_and_prefix_download_once(cache_dir, s3):
     # Again (validated with a HEAD/list each time): nothing is downloaded a second time.
     assert await serve.fetch("s3://models/t1/w.bin", storage_options=s3.options) == path
     assert await serve.fetch("s3://models/t1/dir/", storage_options=s3.options) == folder
-    assert s3.gets["/models/t1/w.bin"] == 1 and s3.gets["/models/t1/dir/config.json"] == 1
+    assert s3.of("models/t1/w.bin").downloads == 1 and s3.of("models/t1/dir/config.json").downloads == 1
 
 
 async def test_etag_change_downloads_again_and_validate_interval_trusts_the_copy(cache_dir, s3):
-    s3.put("models", "t2/w.bin", b"one")
+    s3.put("models", {"t2/w.bin": b"one"})
     uri = "s3://models/t2/w.bin"
     path = await serve.fetch(uri, storage_options=s3.options)
-    s3.put("models", "t2/w.bin", b"two!")
+    s3.put("models", {"t2/w.bin": b"two!"})
     # Within the validation interval the copy is trusted without asking the store.
     assert open(await serve.fetch(uri, storage_options=s3.options, validate=60), "rb").read() == b"one"
     assert open(await serve.fetch(uri, storage_options=s3.options), "rb").read() == b"two!"
-    assert s3.gets["/models/t2/w.bin"] == 2
+    assert s3.of("models/t2/w.bin").downloads == 2
     assert await serve.fetch(uri, storage_options=s3.options) == path
 
 
@@ -110,12 +113,12 @@ print(os.path.getsize(path))
 
 
 def test_ten_processes_download_once(cache_dir, s3, tmp_path):
-    s3.put("models", "t3/big.bin", os.urandom(3 << 20))
+    s3.put("models", {"t3/big.bin": os.urandom(3 << 20)})
     go = tmp_path / "go"
     env = dict(os.environ, PYTHONPATH=ROOT)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", FETCH_ONE, str(go), "s3://models/t3/big.bin", s3.url],
+            [sys.executable, "-c", FETCH_ONE, str(go), "s3://models/t3/big.bin", s3.endpoint],
             env=env, stdout=subprocess.PIPE, text=True,
         )
         for _ in range(10)
@@ -124,7 +127,7 @@ def test_ten_processes_download_once(cache_dir, s3, tmp_path):
     go.touch()
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert outputs == [str(3 << 20)] * 10
-    assert s3.gets["/models/t3/big.bin"] == 1
+    assert s3.of("models/t3/big.bin").downloads == 1
     assert len(data_files(cache_dir)) == 1
 
 
@@ -173,7 +176,7 @@ async def test_unreachable_is_503_after_the_deadline_unless_a_copy_may_serve(cac
 
 
 async def test_full_disk_is_507_and_the_cache_recovers(cache_dir, s3, monkeypatch):
-    s3.put("models", "t4/w.bin", b"w" * 2000)
+    s3.put("models", {"t4/w.bin": b"w" * 2000})
     real_copy = _disk_cache._copy
     full = [True]
 
@@ -198,9 +201,9 @@ async def test_byte_budget_evicts_least_recently_used_unheld(cache_dir, s3, monk
     monkeypatch.setenv("MODELPLEX_CACHE_MAX_BYTES", "2500")
     _disk_cache.reset()
     for name in ("a", "b", "c"):
-        s3.put("models", f"t5/{name}.bin", name.encode() * 1000)
+        s3.put("models", {f"t5/{name}.bin": name.encode() * 1000})
     with pytest.raises(serve.DiskCacheFullError):  # bigger than the whole budget
-        s3.put("models", "t5/huge.bin", b"h" * 3000)
+        s3.put("models", {"t5/huge.bin": b"h" * 3000})
         await serve.fetch("s3://models/t5/huge.bin", storage_options=s3.options)
     await serve.fetch("s3://models/t5/a.bin", storage_options=s3.options)
     await serve.fetch("s3://models/t5/b.bin", storage_options=s3.options)
@@ -241,7 +244,7 @@ def test_through_a_deployment(cache_dir, s3, http_store, serve_instance):
     """Errors reach HTTP clients with their status and evict nothing; a model evicted from
     memory comes back from disk; a disk-only preload takes no memory slot."""
     for name in ("a", "b", "w"):
-        s3.put("models", f"dep/{name}.bin", name.encode() * 100)
+        s3.put("models", {f"dep/{name}.bin": name.encode() * 100})
     http_store.deny.add("/denied.bin")
     uris = {"denied": http_store.url + "/denied.bin", "down": "http://127.0.0.1:9/down.bin"}
     serve.run(make_fetcher(capacity=1).bind(s3.options, uris))
@@ -257,18 +260,19 @@ def test_through_a_deployment(cache_dir, s3, http_store, serve_instance):
 
     assert get("b").json() == {"bytes": 100}  # evicts a from memory, not from disk
     assert get("a").json() == {"bytes": 100}
-    assert s3.gets["/models/dep/a.bin"] == 1
+    assert s3.of("models/dep/a.bin").downloads == 1
 
     held = {a.uri: a.held for a in serve.list_artifacts()}
     assert held == {"s3://models/dep/a.bin": True, "s3://models/dep/b.bin": False}
 
     assert len(serve.preload_model("w", disk_only=True)) == 1
     assert loaded() == ["a"]  # no memory slot taken
-    assert s3.gets["/models/dep/w.bin"] == 1
+    assert s3.of("models/dep/w.bin").downloads == 1
     r = requests.post(serve_instance.url + "/-/models/preload", json={"model_id": "b", "disk_only": True})
     assert r.status_code == 200 and loaded() == ["a"]
     listing = requests.get(serve_instance.url + "/-/artifacts").json()
     assert {a["uri"]: a["held"] for a in listing}["s3://models/dep/w.bin"] is False
     assert get("w").json() == {"bytes": 100}
-    assert s3.gets["/models/dep/w.bin"] == 1  # the memory load came from disk
+    assert s3.of("models/dep/w.bin").downloads == 1  # the memory load came from disk
     wait_until(lambda: {a.uri: a.held for a in serve.list_artifacts()}["s3://models/dep/a.bin"] is False)
+
