@@ -4,6 +4,7 @@ server side: a download is a GET from byte 0."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import signal
@@ -16,7 +17,7 @@ import requests
 
 import modelplex as serve
 from bench.s3_server import CREDENTIALS
-from modelplex import _disk_cache
+from modelplex import _disk_cache, _stores
 
 from ..conftest import ROOT, wait_until
 from .stores import HTTPStore
@@ -275,4 +276,25 @@ def test_through_a_deployment(cache_dir, s3, http_store, serve_instance):
     assert get("w").json() == {"bytes": 100}
     assert s3.of("models/dep/w.bin").downloads == 1  # the memory load came from disk
     wait_until(lambda: {a.uri: a.held for a in serve.list_artifacts()}["s3://models/dep/a.bin"] is False)
+
+
+async def test_a_copy_on_disk_costs_one_head_and_no_new_client(cache_dir, s3):
+    """Fetches on one loop share one filesystem: building an S3 client (botocore's service
+    model, an SSL context) costs far more than the HEAD that checks the copy."""
+    s3.put("models", {"t6/w.bin": b"w" * 1000})
+    uri = "s3://models/t6/w.bin"
+    built = _stores.filesystems.built
+    path = await serve.fetch(uri, storage_options=s3.options)
+    for _ in range(5):
+        assert await serve.fetch(uri, storage_options=s3.options) == path
+    assert _stores.filesystems.built == built + 1
+    stats = s3.of("models/t6/w.bin")
+    assert (stats.downloads, stats.heads) == (1, 6)  # one HEAD per fetch (validate="always")
+    # Other storage options are another filesystem; a sync fetch runs on a loop of its own,
+    # which builds one and closes it as the loop ends.
+    await serve.fetch(uri, storage_options={**s3.options, "use_ssl": False})
+    assert _stores.filesystems.built == built + 2
+    assert await asyncio.to_thread(serve.fetch, uri, storage_options=s3.options) == path
+    assert _stores.filesystems.built == built + 3
+    assert s3.of("models/t6/w.bin").downloads == 1
 
