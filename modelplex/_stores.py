@@ -171,6 +171,16 @@ class Progress(Callback):
         pass
 
 
+# What an S3 filesystem is given unless the caller's storage options say otherwise: one GET per
+# download. Left to itself, s3fs opens a GET of the whole object to learn its length, drops it,
+# and downloads objects over its block size (50 MB) again in ranged parts: a 256 MB object cost
+# two requests from byte 0, and the server sent up to twice its bytes. One stream also reads one
+# version of the object, where ranged parts of an object replaced mid-way could mix two.
+_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "s3": {"max_concurrency": 1}, "s3a": {"max_concurrency": 1},
+}
+
+
 def _options_key(protocol: str, options: Mapping[str, Any]) -> str:
     return protocol + "\n" + json.dumps(options, sort_keys=True, default=repr)
 
@@ -307,6 +317,7 @@ class Store:
         self._options = dict(storage_options or {})
         protocol, _ = fsspec.core.split_protocol(uri)
         self._protocol = "file" if protocol in (None, "local") else protocol
+        self._fs_options = {**_DEFAULT_OPTIONS.get(self._protocol, {}), **self._options}
         self.wants_directory = uri.endswith("/")
         cls = fsspec.get_filesystem_class(self._protocol)
         self._async = bool(getattr(cls, "async_impl", False))
@@ -326,7 +337,7 @@ class Store:
         return hashlib.sha256(text.encode()).hexdigest()[:40]
 
     async def _filesystem(self) -> Any:
-        return await filesystems.get(self._protocol, self._options, self._async)
+        return await filesystems.get(self._protocol, self._fs_options, self._async)
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         fs = await self._filesystem()
