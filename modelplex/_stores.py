@@ -243,6 +243,9 @@ class Filesystems:
         loop = asyncio.get_running_loop()
         entries = self._by_loop.get(loop)
         if entries is None:
+            for other in [x for x in self._by_loop if x.is_closed()]:  # closed without
+                self._by_loop.pop(other, None)  # shutdown_asyncgens: nothing left to close on
+                self._watchers.pop(other, None)
             entries = self._by_loop[loop] = OrderedDict()
             watcher = self._until_the_loop_ends()
             await watcher.__anext__()
