@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean system-deps
 # The stamps below share one venv: two pip runs in it at once would race.
 .NOTPARALLEL:
 
@@ -27,8 +27,12 @@ demo: $(VENV)/.extra-examples
 	$(BIN)/python examples/demo.py $(DEMO_ARGS)
 
 # tests/ray needs Ray; the bench tests import only bench's pure modules (trace, simulate).
-test: $(VENV)/.extra-test $(VENV)/.extra-examples $(VENV)/.extra-ray
+test: $(VENV)/.extra-test $(VENV)/.extra-examples $(VENV)/.extra-ray system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Real tools the tests point at (tools/system-packages.txt), installed when missing and root.
+system-deps:
+	sh tools/system-deps.sh
 
 bench: $(VENV)/.extra-bench
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-__all__ = ["ObjectStats", "S3Server", "is_download", "s3_env"]
+__all__ = ["CREDENTIALS", "ObjectStats", "S3Server", "is_download", "s3_env"]
 
 _RANGE = re.compile(r"bytes=(\d+)-")
 
@@ -106,10 +106,13 @@ def serve(host: str, port: int) -> None:
     server.shutdown()
 
 
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # moto takes any keys
+
+
 def s3_env(endpoint: str) -> dict[str, str]:
     """The environment that points boto3, aioboto3 and s3fs at ``endpoint`` with fake keys."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    return {"AWS_ENDPOINT_URL": endpoint, **CREDENTIALS}
 
 
 class S3Server:
@@ -130,6 +133,8 @@ class S3Server:
             raise RuntimeError(f"the S3 server did not start: {line!r}")
         self.endpoint = line.split()[-1]
         self.env = s3_env(self.endpoint)
+        # For ``serve.fetch(..., storage_options=...)`` where the environment does not point here.
+        self.options = {"endpoint_url": self.endpoint, "key": "testing", "secret": "testing"}
 
     def client(self) -> Any:
         import boto3
@@ -137,18 +142,29 @@ class S3Server:
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
-    def put(self, bucket: str, objects: dict[str, bytes]) -> None:
-        """Create ``bucket`` if need be and upload ``{key: bytes}`` to it."""
+    def put(self, bucket: str, objects: dict[str, bytes], part_size: int | None = None) -> None:
+        """Create ``bucket`` if need be and upload ``{key: bytes}`` to it, as boto3 does: in
+        parts of 8 MB above 8 MB (an ETag ``"<md5 of the parts' md5s>-<parts>"``), or of
+        ``part_size`` (5 MB at least) above ``part_size``."""
+        from boto3.s3.transfer import TransferConfig
+
         client = self.client()
         try:
             client.create_bucket(Bucket=bucket)
         except client.exceptions.BucketAlreadyOwnedByYou:
             pass
+        config = None
+        if part_size is not None:
+            config = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size)
         for key, data in objects.items():
-            client.upload_fileobj(io.BytesIO(data), bucket, key)
+            client.upload_fileobj(io.BytesIO(data), bucket, key, Config=config)
 
     def stats(self) -> dict[str, ObjectStats]:
         return {k: ObjectStats(**v) for k, v in self._call("GET", "/_stats").items()}
+
+    def of(self, name: str) -> ObjectStats:
+        """What the server did for ``bucket/key`` since the last ``reset``."""
+        return self.stats().get(name, ObjectStats())
 
     def reset(self) -> None:
         self._call("POST", "/_stats/reset")

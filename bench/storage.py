@@ -232,6 +232,7 @@ def bookkeeping(run: Run) -> None:
         t0 = time.perf_counter()
         fetched(f"cost-{r}-fetch/model.pt")  # on disk now: the warm path's fixed cost
         times["warm"].append((time.perf_counter() - t0) * 1000)
+    loop.run_until_complete(loop.shutdown_asyncgens())  # closes the fetches' S3 client
     loop.close()
     run.record("bookkeeping", {"size": size, "size_label": label(size), "reps": reps,
                                "fetch_ms": median(times["fetch"]),

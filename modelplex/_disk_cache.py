@@ -188,8 +188,6 @@ class DiskCache:
             )
             self._inflight[ident] = task
             task.add_done_callback(lambda t: self._forget(ident, t))
-        else:
-            await store.close()
         return key, await asyncio.shield(task)
 
     def _forget(self, ident: tuple[int, str], task: asyncio.Task) -> None:
@@ -202,16 +200,13 @@ class DiskCache:
         self, store: Store, key: str, validate: Validate, offline_ok: bool, deadline_s: float,
         model_id: str,
     ) -> str:
+        await asyncio.to_thread(self._make_dirs)
+        lock = self._key_lock(key)
+        await _lock(lock)
         try:
-            await asyncio.to_thread(self._make_dirs)
-            lock = self._key_lock(key)
-            await _lock(lock)
-            try:
-                return await self._fetch_held(store, key, validate, offline_ok, deadline_s, model_id)
-            finally:
-                lock.release()
+            return await self._fetch_held(store, key, validate, offline_ok, deadline_s, model_id)
         finally:
-            await store.close()
+            lock.release()
 
     async def _fetch_held(
         self, store: Store, key: str, validate: Validate, offline_ok: bool, deadline_s: float,

@@ -20,6 +20,8 @@
     ├── RemoteError                     an exception from a replica that could not travel as itself
     ├── ClientDisconnectedError         the HTTP client went away; nothing is sent
     ├── BadRequestError (ValueError)    400: a management request's body or arguments are invalid
+    │   └── ConfigError                 400: a config file is invalid; one line per problem, each
+    │                                        naming its place (``applications[0].name: ...``)
     ├── UnauthorizedError               401: management routes need the bearer token
     ├── RouteNotFoundError              404: no application, or management route, at that path
     ├── PortInUseError (OSError)        the HTTP port is taken; carries `host` and `port`
@@ -71,6 +73,7 @@ __all__ = [
     "BackPressureError",
     "BadRequestError",
     "ClientDisconnectedError",
+    "ConfigError",
     "DeploymentFailedError",
     "DeploymentNotFoundError",
     "DiskCacheFullError",
@@ -126,6 +129,11 @@ class ModelplexError(Exception):
     def retry_after_s(self) -> int:
         """For a 503: when a client may try again (the Retry-After header)."""
         return 1
+
+    def response_text(self) -> str:
+        """What an HTTP client reads: the first line (tracebacks stay in the logs)."""
+        message = str(self).splitlines()[0] if str(self).strip() else ""
+        return message or type(self).__name__
 
 
 class DeploymentFailedError(ModelplexError):
@@ -284,6 +292,17 @@ class ClientDisconnectedError(ModelplexError):
 
 class BadRequestError(ModelplexError, ValueError):
     http_status = 400
+
+
+class ConfigError(BadRequestError):
+    """A config (file or ``PUT /-/applications``) that cannot be applied; nothing changed."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+    def response_text(self) -> str:
+        return "\n".join(self.errors)  # every problem, not only the first
 
 
 class UnauthorizedError(ModelplexError):
@@ -461,7 +480,7 @@ def error_response(exc: BaseException) -> ErrorResponse:
     else:
         message = str(exc).splitlines()[0] if str(exc).strip() else ""
         if isinstance(exc, ModelplexError):
-            status, text = exc.http_status, message or type(exc).__name__
+            status, text = exc.http_status, exc.response_text()
             if status == 503:
                 extra = [(b"retry-after", str(exc.retry_after_s).encode())]
         else:

@@ -68,7 +68,9 @@ def fetch(
     coro = _fetch(store, validate, offline_ok, deadline_s, _context.current_load())
     if running_loop() is not None:
         return coro
-    return asyncio.run(coro)  # a worker thread or a script: its own loop, same disk cache
+    # A worker thread or a script: a loop of its own, the same disk cache. The filesystems
+    # opened on that loop are closed as it ends (see ``_stores.Filesystems``).
+    return asyncio.run(coro)
 
 
 async def _fetch(

@@ -180,6 +180,7 @@ def multiplexed(
             return await _warm(raw_load(owner), model_id, loader.__qualname__)
 
         wrapper._modelplex_multiplexed = True  # type: ignore[attr-defined]
+        wrapper._modelplex_max_models = count  # type: ignore[attr-defined]  # a config's default
         wrapper._modelplex_cache_for = cache_for  # type: ignore[attr-defined]
         wrapper._modelplex_warm = warm  # type: ignore[attr-defined]
         return wrapper

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import socket
+import time
 from urllib.parse import parse_qsl
 from typing import Any, Awaitable, Callable
 
@@ -39,6 +40,7 @@ from ._model_ids import model_id_from_headers
 from ._router import RouterRegistry
 
 logger = logging.getLogger("modelplex.proxy")
+access_logger = logging.getLogger("modelplex.access")
 
 # A request still running after this long starts watching for its client's disconnect.
 _WATCH_AFTER_S = 0.05
@@ -54,6 +56,8 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Routes = Callable[[], dict[str, tuple[str, DeploymentID]]]
+
+_CONFIG_BODY_LIMIT = 4 << 20
 
 
 def match_route(path: str, prefixes: list[str]) -> str | None:
@@ -78,8 +82,31 @@ class ProxyApp:
         self._registry = registry
         self._options = options
         self._models = models
+        # Set by the CLI's instances (modelplex run/start): PUT and GET /-/applications,
+        # POST /-/shutdown. A ConfigDeployer (_deploy.py); None serves no such routes.
+        self.deployer: Any = None
+        self.access_log = False  # one INFO line per request (logging_config.enable_access_log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.access_log or scope["type"] != "http":
+            await self._serve(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [0]
+
+        async def logged(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, logged)
+        finally:
+            access_logger.info(
+                "%s %s %s %s %.1fms", _client(scope), scope["method"], scope["path"],
+                status[0] or "-", (time.perf_counter() - start) * 1000,
+            )
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -182,8 +209,31 @@ class ProxyApp:
             if not self._management_allowed(scope):
                 raise UnauthorizedError("model management needs 'Authorization: Bearer <token>'")
             await _send_json(send, 200, await self._manage_models(path, method, scope, receive))
+        elif path in ("/-/applications", "/-/shutdown") and self.deployer is not None:
+            if not self._options.management_routes:
+                raise RouteNotFoundError("management over HTTP is switched off")
+            if not self._management_allowed(scope):
+                raise UnauthorizedError("this route needs 'Authorization: Bearer <token>'")
+            await _send_json(send, 200, await self._manage_instance(path, method, receive))
         else:
             raise RouteNotFoundError(f"no management route {path!r}")
+
+    async def _manage_instance(self, path: str, method: str, receive: Receive) -> Any:
+        """GET /-/applications: what runs; PUT /-/applications: apply a config (JSON, as
+        ``modelplex deploy`` sends it); POST /-/shutdown: stop this instance."""
+        if path == "/-/applications" and method == "GET":
+            return self.deployer.status()
+        if path == "/-/applications" and method == "PUT":
+            body = await _read_body(receive, _CONFIG_BODY_LIMIT)
+            try:
+                config = json.loads(body)
+            except ValueError:
+                raise BadRequestError("the request body must be a config as JSON") from None
+            return await self.deployer.apply(config)
+        if path == "/-/shutdown" and method == "POST":
+            self.deployer.shutdown()
+            return {"ok": True}
+        raise RouteNotFoundError(f"no management route {method} {path!r}")
 
     async def _manage_models(self, path: str, method: str, scope: Scope, receive: Receive) -> Any:
         """GET /-/models lists; POST /-/models/{preload,pin,unpin,unload,configure} acts;

@@ -32,6 +32,7 @@ from . import _disk_cache
 from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
 from ._specs import ReplicaSpec
+from ._stores import close_filesystems
 from ._cache import ModelCache
 from ._errors import MethodNotFoundError, RemoteError, UnserializableResultError, error_response
 from ._http import render, to_starlette
@@ -165,6 +166,7 @@ class Replica:
         async def close_all() -> None:
             for cache in caches:
                 await cache.close()
+            await close_filesystems()  # the store clients serve.fetch kept open on this loop
 
         await asyncio.wrap_future(self.user.submit(close_all()))
 

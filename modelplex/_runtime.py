@@ -12,7 +12,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 
@@ -20,6 +20,7 @@ from ._aio import LoopThread
 from ._backends import Backend, ProxyInfo, ProxySpec, make_backend
 from ._config import ClusterOptions, HTTPOptions, LogOptions
 from ._controller import Controller, DeploymentSpec
+from ._deploy import ConfigDeployer
 from ._deployment import Application, Deployment
 from ._handle import DeploymentHandle
 from ._log_dirs import new_session_dir
@@ -62,6 +63,8 @@ class Runtime:
             self.controller, self.registry, local_node=self.backend.name != "ray"
         )
         self.proxy: Proxy | None = None
+        self._proxy_app: ProxyApp | None = None
+        self.deployer: ConfigDeployer | None = None
         try:
             self._thread.run(self._start())
         except BaseException:
@@ -81,6 +84,7 @@ class Runtime:
         await self.controller.start(host=self.backend.listen_host)
         if self.http_options is not None:
             app = ProxyApp(self.controller.routes, self.registry, self.http_options, self.models)
+            self._proxy_app = app
             self.proxy = Proxy(app, self.http_options)
             await self.proxy.start()
             assert self.proxy.port is not None
@@ -109,6 +113,26 @@ class Runtime:
         specs, ingress = build_app(app, name)
         self._thread.run(self.controller.deploy(name, route_prefix, specs, ingress))
         return DeploymentHandle(ingress, name)
+
+    def enable_deploys(self, on_shutdown: Callable[[], None], *, over_http: bool = True) -> None:
+        """Take configs (``apply_config``; with ``over_http``, ``PUT /-/applications`` too),
+        and stop on ``POST /-/shutdown`` by calling ``on_shutdown``: the CLI's instances."""
+        app = self._proxy_app
+
+        def set_access_log(on: bool) -> None:
+            if app is not None:
+                app.access_log = on
+
+        self.deployer = ConfigDeployer(
+            self.controller, self.models, self.http_options, on_shutdown, set_access_log
+        )
+        if app is not None and over_http:
+            app.deployer = self.deployer
+
+    def apply_config(self, config: Any) -> dict[str, Any]:
+        if self.deployer is None:
+            raise RuntimeError("config deploys are not enabled in this process")
+        return self._thread.run(self.deployer.apply(config))
 
     def call(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a coroutine on the driver loop from the user's thread."""

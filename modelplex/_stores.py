@@ -5,25 +5,37 @@ object is now (size and version), copying it to a local path, and translating wh
 store said into ``ModelNotFoundError``/``StorageAccessDeniedError``/``StorageUnavailableError``.
 Async filesystems (s3fs, gcsfs, HTTP) run on the caller's loop; the others in a thread, so a
 download never blocks a replica's user loop.
+
+Filesystems are kept open, one per (protocol, storage options) per event loop, because building
+one is the expensive part of a check: s3fs's client loads botocore's service model and an SSL
+context, 100-200 ms, against a few ms for the HEAD it is built to send.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
+import json
 import logging
 import os
 import posixpath
 import re
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 from fsspec.callbacks import Callback
 
-__all__ = ["Progress", "RemoteObject", "Store", "classify", "describe", "redact", "redact_text"]
+__all__ = [
+    "Filesystems", "Progress", "RemoteObject", "Store", "classify", "close_filesystems", "describe",
+    "filesystems", "redact", "redact_text",
+]
 
 logger = logging.getLogger("modelplex.storage")
 
@@ -159,6 +171,146 @@ class Progress(Callback):
         pass
 
 
+# What an S3 filesystem is given unless the caller's storage options say otherwise: one GET per
+# download. Left to itself, s3fs opens a GET of the whole object to learn its length, drops it,
+# and downloads objects over its block size (50 MB) again in ranged parts: a 256 MB object cost
+# two requests from byte 0, and the server sent up to twice its bytes. One stream also reads one
+# version of the object, where ranged parts of an object replaced mid-way could mix two.
+_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "s3": {"max_concurrency": 1}, "s3a": {"max_concurrency": 1},
+}
+
+
+def _options_key(protocol: str, options: Mapping[str, Any]) -> str:
+    return protocol + "\n" + json.dumps(options, sort_keys=True, default=repr)
+
+
+async def _close(fs: Any) -> None:
+    """Close an async filesystem's client and session (best effort: private attributes)."""
+    try:
+        s3 = getattr(fs, "_s3", None)
+        if s3 is not None:
+            await s3.__aexit__(None, None, None)
+        session = getattr(fs, "_session", None)
+        if session is not None and hasattr(session, "close"):
+            await session.close()
+    except Exception:
+        logger.debug("Closing a %s filesystem failed.", type(fs).__name__, exc_info=True)
+
+
+async def _close_when_built(task: "asyncio.Task[Any]") -> None:
+    try:
+        fs = await task
+    except BaseException:
+        return
+    await _close(fs)
+
+
+class Filesystems:
+    """Open fsspec filesystems, one per (protocol, storage options): per event loop for the
+    async ones (their client and session belong to the loop that made them), one set for the
+    others. Each set is an LRU of ``size``; an async filesystem pushed out is closed."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.built = 0  # how many were built: a fetch of a copy on disk should build none
+        self._by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OrderedDict[str, asyncio.Task[Any]]]" = (
+            weakref.WeakKeyDictionary()
+        )
+        self._watchers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = (
+            weakref.WeakKeyDictionary()
+        )
+        self._sync: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()  # the sync set is shared by every loop's threads
+        self._closing: set[asyncio.Task[Any]] = set()
+
+    async def get(self, protocol: str, options: Mapping[str, Any], is_async: bool) -> Any:
+        key = _options_key(protocol, options)
+        if not is_async:
+            with self._lock:
+                if key in self._sync:
+                    self._sync.move_to_end(key)
+                    return self._sync[key]
+            fs = await asyncio.to_thread(
+                fsspec.filesystem, protocol, skip_instance_cache=True, **options
+            )
+            with self._lock:
+                self.built += 1
+                fs = self._sync.setdefault(key, fs)
+                while len(self._sync) > self.size:
+                    self._sync.popitem(last=False)  # nothing to close: no session of a loop
+            return fs
+        loop = asyncio.get_running_loop()
+        entries = self._by_loop.get(loop)
+        if entries is None:
+            for other in [x for x in self._by_loop if x.is_closed()]:  # closed without
+                self._by_loop.pop(other, None)  # shutdown_asyncgens: nothing left to close on
+                self._watchers.pop(other, None)
+            entries = self._by_loop[loop] = OrderedDict()
+            watcher = self._until_the_loop_ends()
+            await watcher.__anext__()
+            self._watchers[loop] = watcher
+        task = entries.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = entries[key] = loop.create_task(self._build(protocol, options))
+            while len(entries) > self.size:
+                _, old = entries.popitem(last=False)
+                closing = loop.create_task(_close_when_built(old))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        else:
+            entries.move_to_end(key)
+        return await asyncio.shield(task)  # concurrent first calls share one build
+
+    async def _build(self, protocol: str, options: Mapping[str, Any]) -> Any:
+        self.built += 1
+        fs = fsspec.filesystem(protocol, asynchronous=True, skip_instance_cache=True, **options)
+        setter = getattr(fs, "set_session", None)
+        if setter is not None:
+            await setter()
+        return fs
+
+    async def _until_the_loop_ends(self) -> AsyncIterator[None]:
+        """Started once per loop and left suspended: ``asyncio.run`` (or anyone calling
+        ``loop.shutdown_asyncgens()``) finalizes it before closing the loop, and that closes
+        the loop's filesystems on it."""
+        try:
+            yield
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close the running loop's filesystems: the loop is about to end."""
+        loop = asyncio.get_running_loop()
+        self._watchers.pop(loop, None)
+        entries = self._by_loop.pop(loop, None) or {}
+        for task in entries.values():
+            await _close_when_built(task)
+
+    def close_at_exit(self) -> None:
+        """Best effort, for loops still open at exit and not running (a stopped user loop)."""
+        for loop, entries in list(self._by_loop.items()):
+            if loop.is_closed() or loop.is_running() or not entries:
+                continue
+            try:
+                loop.run_until_complete(
+                    asyncio.gather(*(_close_when_built(t) for t in entries.values()))
+                )
+            except Exception:
+                pass
+        self._by_loop.clear()
+
+
+filesystems = Filesystems()
+atexit.register(filesystems.close_at_exit)
+
+
+async def close_filesystems() -> None:
+    """Close the filesystems this loop opened (``serve.fetch`` outside a loop; a replica that
+    stops)."""
+    await filesystems.close()
+
+
 class Store:
     """One URI in its filesystem; each call is one attempt (the caller retries)."""
 
@@ -166,9 +318,9 @@ class Store:
         self.uri = uri
         self.label = redact(uri)
         self._options = dict(storage_options or {})
-        self._fs: Any = None
         protocol, _ = fsspec.core.split_protocol(uri)
         self._protocol = "file" if protocol in (None, "local") else protocol
+        self._fs_options = {**_DEFAULT_OPTIONS.get(self._protocol, {}), **self._options}
         self.wants_directory = uri.endswith("/")
         cls = fsspec.get_filesystem_class(self._protocol)
         self._async = bool(getattr(cls, "async_impl", False))
@@ -188,19 +340,7 @@ class Store:
         return hashlib.sha256(text.encode()).hexdigest()[:40]
 
     async def _filesystem(self) -> Any:
-        if self._fs is None:
-            if self._async:
-                self._fs = fsspec.filesystem(
-                    self._protocol, asynchronous=True, skip_instance_cache=True, **self._options
-                )
-                setter = getattr(self._fs, "set_session", None)
-                if setter is not None:
-                    await setter()
-            else:
-                self._fs = await asyncio.to_thread(
-                    fsspec.filesystem, self._protocol, skip_instance_cache=True, **self._options
-                )
-        return self._fs
+        return await filesystems.get(self._protocol, self._fs_options, self._async)
 
     async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         fs = await self._filesystem()
@@ -242,17 +382,3 @@ class Store:
             local = os.path.join(target, *rel.split("/"))
             os.makedirs(os.path.dirname(local), exist_ok=True)
             await self._call("get_file", f"{base}/{rel}", local, callback=progress)
-
-    async def close(self) -> None:
-        fs, self._fs = self._fs, None
-        if fs is None or not self._async:
-            return
-        try:
-            s3 = getattr(fs, "_s3", None)
-            if s3 is not None:
-                await s3.__aexit__(None, None, None)
-            session = getattr(fs, "_session", None)
-            if session is not None and hasattr(session, "close"):
-                await session.close()
-        except Exception:  # closing is best effort
-            logger.debug("Closing the filesystem for %s failed.", self.label, exc_info=True)

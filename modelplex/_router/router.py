@@ -204,6 +204,7 @@ class Router:
             "spill_debts": len(self._spill),
             "reminders": sum(len(v.reminded) for v in views),
             "sent_loads": sum(len(v.sent_loads) for v in views),
+            "demand_ids": len(self._demand),
         }
 
     async def close(self) -> None:

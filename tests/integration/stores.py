@@ -1,63 +1,12 @@
-"""Real stores for the storage tests: a moto S3 server that counts object downloads, and a
-small HTTP server that can refuse (403) or trickle its answer."""
+"""A real HTTP store for the storage tests, that can refuse (403) or trickle its answer. (The
+S3 server, moto counting what it serves, is ``bench.s3_server``, shared with the benchmarks.)"""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 import time
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from werkzeug.serving import make_server
-
-import logging
-
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-class MotoS3:
-    """moto in server mode on a free port; ``gets[path]`` counts object GETs (downloads)."""
-
-    def __init__(self) -> None:
-        self.gets: Counter[str] = Counter()
-        app = DomainDispatcherApplication(create_backend_app)
-
-        def counting(environ, start_response):
-            if environ["REQUEST_METHOD"] == "GET" and not environ.get("QUERY_STRING"):
-                self.gets[environ["PATH_INFO"]] += 1
-            return app(environ, start_response)
-
-        self._server = make_server("127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        import boto3
-
-        self.client = boto3.client(
-            "s3", endpoint_url=self.url, aws_access_key_id="testing",
-            aws_secret_access_key="testing", region_name="us-east-1",
-        )
-        self.options = {"endpoint_url": self.url, "key": "testing", "secret": "testing"}
-
-    def put(self, bucket: str, key: str, data: bytes) -> None:
-        try:
-            self.client.create_bucket(Bucket=bucket)
-        except self.client.exceptions.BucketAlreadyOwnedByYou:
-            pass
-        self.client.put_object(Bucket=bucket, Key=key, Body=data)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join()
 
 
 class HTTPStore:

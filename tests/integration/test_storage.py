@@ -1,8 +1,10 @@
-"""The disk tier against real stores: a moto S3 server, an HTTP server, local files, real
-replica processes. Downloads are counted on the server side."""
+"""The disk tier against real stores: a moto S3 server (``bench.s3_server``, in a process of
+its own), an HTTP server, local files, real replica processes. Downloads are counted on the
+server side: a download is a GET from byte 0."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import signal
@@ -14,19 +16,21 @@ import pytest
 import requests
 
 import modelplex as serve
-from modelplex import _disk_cache
+from bench.s3_server import CREDENTIALS
+from modelplex import _disk_cache, _stores
 
 from ..conftest import ROOT, wait_until
-from .stores import CREDENTIALS, HTTPStore, MotoS3
+from .stores import HTTPStore
 
 H = "serve_multiplexed_model_id"
 
 
-@pytest.fixture(scope="module")
-def s3():
-    server = MotoS3()
-    yield server
-    server.stop()
+@pytest.fixture
+def s3(moto_server):
+    """The session's moto server, its counts at 0 (the environment does not point at it:
+    ``s3.options`` does)."""
+    moto_server.reset()
+    return moto_server
 
 
 @pytest.fixture
@@ -73,9 +77,9 @@ def test_plain_and_file_paths(cache_dir, tmp_path):
 
 
 async def test_s3_file_and_prefix_download_once(cache_dir, s3):
-    s3.put("models", "t1/w.bin", b"x" * 4096)
-    s3.put("models", "t1/dir/config.json", b"{}")
-    s3.put("models", "t1/dir/weights/0.bin", b"0" * 100)
+    s3.put("models", {"t1/w.bin": b"x" * 4096})
+    s3.put("models", {"t1/dir/config.json": b"{}"})
+    s3.put("models", {"t1/dir/weights/0.bin": b"0" * 100})
     path = await serve.fetch("s3://models/t1/w.bin", storage_options=s3.options)
     assert open(path, "rb").read() == b"x" * 4096
     folder = await serve.fetch("s3://models/t1/dir/", storage_options=s3.options)
@@ -83,18 +87,18 @@ async def test_s3_file_and_prefix_download_once(cache_dir, s3):
     # Again (validated with a HEAD/list each time): nothing is downloaded a second time.
     assert await serve.fetch("s3://models/t1/w.bin", storage_options=s3.options) == path
     assert await serve.fetch("s3://models/t1/dir/", storage_options=s3.options) == folder
-    assert s3.gets["/models/t1/w.bin"] == 1 and s3.gets["/models/t1/dir/config.json"] == 1
+    assert s3.of("models/t1/w.bin").downloads == 1 and s3.of("models/t1/dir/config.json").downloads == 1
 
 
 async def test_etag_change_downloads_again_and_validate_interval_trusts_the_copy(cache_dir, s3):
-    s3.put("models", "t2/w.bin", b"one")
+    s3.put("models", {"t2/w.bin": b"one"})
     uri = "s3://models/t2/w.bin"
     path = await serve.fetch(uri, storage_options=s3.options)
-    s3.put("models", "t2/w.bin", b"two!")
+    s3.put("models", {"t2/w.bin": b"two!"})
     # Within the validation interval the copy is trusted without asking the store.
     assert open(await serve.fetch(uri, storage_options=s3.options, validate=60), "rb").read() == b"one"
     assert open(await serve.fetch(uri, storage_options=s3.options), "rb").read() == b"two!"
-    assert s3.gets["/models/t2/w.bin"] == 2
+    assert s3.of("models/t2/w.bin").downloads == 2
     assert await serve.fetch(uri, storage_options=s3.options) == path
 
 
@@ -110,12 +114,12 @@ print(os.path.getsize(path))
 
 
 def test_ten_processes_download_once(cache_dir, s3, tmp_path):
-    s3.put("models", "t3/big.bin", os.urandom(3 << 20))
+    s3.put("models", {"t3/big.bin": os.urandom(3 << 20)})
     go = tmp_path / "go"
     env = dict(os.environ, PYTHONPATH=ROOT)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", FETCH_ONE, str(go), "s3://models/t3/big.bin", s3.url],
+            [sys.executable, "-c", FETCH_ONE, str(go), "s3://models/t3/big.bin", s3.endpoint],
             env=env, stdout=subprocess.PIPE, text=True,
         )
         for _ in range(10)
@@ -124,7 +128,7 @@ def test_ten_processes_download_once(cache_dir, s3, tmp_path):
     go.touch()
     outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert outputs == [str(3 << 20)] * 10
-    assert s3.gets["/models/t3/big.bin"] == 1
+    assert s3.of("models/t3/big.bin").downloads == 1
     assert len(data_files(cache_dir)) == 1
 
 
@@ -173,7 +177,7 @@ async def test_unreachable_is_503_after_the_deadline_unless_a_copy_may_serve(cac
 
 
 async def test_full_disk_is_507_and_the_cache_recovers(cache_dir, s3, monkeypatch):
-    s3.put("models", "t4/w.bin", b"w" * 2000)
+    s3.put("models", {"t4/w.bin": b"w" * 2000})
     real_copy = _disk_cache._copy
     full = [True]
 
@@ -198,9 +202,9 @@ async def test_byte_budget_evicts_least_recently_used_unheld(cache_dir, s3, monk
     monkeypatch.setenv("MODELPLEX_CACHE_MAX_BYTES", "2500")
     _disk_cache.reset()
     for name in ("a", "b", "c"):
-        s3.put("models", f"t5/{name}.bin", name.encode() * 1000)
+        s3.put("models", {f"t5/{name}.bin": name.encode() * 1000})
     with pytest.raises(serve.DiskCacheFullError):  # bigger than the whole budget
-        s3.put("models", "t5/huge.bin", b"h" * 3000)
+        s3.put("models", {"t5/huge.bin": b"h" * 3000})
         await serve.fetch("s3://models/t5/huge.bin", storage_options=s3.options)
     await serve.fetch("s3://models/t5/a.bin", storage_options=s3.options)
     await serve.fetch("s3://models/t5/b.bin", storage_options=s3.options)
@@ -241,7 +245,7 @@ def test_through_a_deployment(cache_dir, s3, http_store, serve_instance):
     """Errors reach HTTP clients with their status and evict nothing; a model evicted from
     memory comes back from disk; a disk-only preload takes no memory slot."""
     for name in ("a", "b", "w"):
-        s3.put("models", f"dep/{name}.bin", name.encode() * 100)
+        s3.put("models", {f"dep/{name}.bin": name.encode() * 100})
     http_store.deny.add("/denied.bin")
     uris = {"denied": http_store.url + "/denied.bin", "down": "http://127.0.0.1:9/down.bin"}
     serve.run(make_fetcher(capacity=1).bind(s3.options, uris))
@@ -257,18 +261,53 @@ def test_through_a_deployment(cache_dir, s3, http_store, serve_instance):
 
     assert get("b").json() == {"bytes": 100}  # evicts a from memory, not from disk
     assert get("a").json() == {"bytes": 100}
-    assert s3.gets["/models/dep/a.bin"] == 1
+    assert s3.of("models/dep/a.bin").downloads == 1
 
     held = {a.uri: a.held for a in serve.list_artifacts()}
     assert held == {"s3://models/dep/a.bin": True, "s3://models/dep/b.bin": False}
 
     assert len(serve.preload_model("w", disk_only=True)) == 1
     assert loaded() == ["a"]  # no memory slot taken
-    assert s3.gets["/models/dep/w.bin"] == 1
+    assert s3.of("models/dep/w.bin").downloads == 1
     r = requests.post(serve_instance.url + "/-/models/preload", json={"model_id": "b", "disk_only": True})
     assert r.status_code == 200 and loaded() == ["a"]
     listing = requests.get(serve_instance.url + "/-/artifacts").json()
     assert {a["uri"]: a["held"] for a in listing}["s3://models/dep/w.bin"] is False
     assert get("w").json() == {"bytes": 100}
-    assert s3.gets["/models/dep/w.bin"] == 1  # the memory load came from disk
+    assert s3.of("models/dep/w.bin").downloads == 1  # the memory load came from disk
     wait_until(lambda: {a.uri: a.held for a in serve.list_artifacts()}["s3://models/dep/a.bin"] is False)
+
+
+async def test_a_copy_on_disk_costs_one_head_and_no_new_client(cache_dir, s3):
+    """Fetches on one loop share one filesystem: building an S3 client (botocore's service
+    model, an SSL context) costs far more than the HEAD that checks the copy."""
+    s3.put("models", {"t6/w.bin": b"w" * 1000})
+    uri = "s3://models/t6/w.bin"
+    built = _stores.filesystems.built
+    path = await serve.fetch(uri, storage_options=s3.options)
+    for _ in range(5):
+        assert await serve.fetch(uri, storage_options=s3.options) == path
+    assert _stores.filesystems.built == built + 1
+    stats = s3.of("models/t6/w.bin")
+    assert (stats.downloads, stats.heads) == (1, 6)  # one HEAD per fetch (validate="always")
+    # Other storage options are another filesystem; a sync fetch runs on a loop of its own,
+    # which builds one and closes it as the loop ends.
+    await serve.fetch(uri, storage_options={**s3.options, "use_ssl": False})
+    assert _stores.filesystems.built == built + 2
+    assert await asyncio.to_thread(serve.fetch, uri, storage_options=s3.options) == path
+    assert _stores.filesystems.built == built + 3
+    assert s3.of("models/t6/w.bin").downloads == 1
+
+
+async def test_an_object_uploaded_in_parts_is_downloaded_once(cache_dir, s3):
+    data = os.urandom(11 << 20)
+    s3.put("models", {"t7/parts.bin": data}, part_size=5 << 20)
+    etag = s3.client().head_object(Bucket="models", Key="t7/parts.bin")["ETag"]
+    assert etag.endswith('-3"')  # not the content's MD5: the size is what can be checked
+    # Left to itself, s3fs reads an object over its block size (50 MB) with a whole GET it
+    # drops, then in ranged parts: a small block size puts this object on that path.
+    options = {**s3.options, "default_block_size": 1 << 20}
+    path = await serve.fetch("s3://models/t7/parts.bin", storage_options=options)
+    assert open(path, "rb").read() == data
+    stats = s3.of("models/t7/parts.bin")
+    assert (stats.downloads, stats.gets, stats.bytes_sent) == (1, 1, len(data))

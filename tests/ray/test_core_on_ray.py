@@ -15,6 +15,10 @@ from ..integration.test_serving import *  # noqa: F401,F403
 from ..integration.test_management import (  # noqa: F401
     test_two_routers_load_a_cold_model_once,
 )
+from ..integration.test_autoscaling import (  # noqa: F401
+    test_scales_up_under_load_and_back_down_when_idle,
+    test_scales_to_zero_and_serves_the_first_request_after,
+)
 from ..integration.test_examples import (  # noqa: F401
     test_seed_composition,
     test_seed_model_inferencer_over_local_files,

@@ -25,6 +25,7 @@ EXPORTED = {
     "BackPressureError",
     "BadRequestError",
     "ClientDisconnectedError",
+    "ConfigError",
     "Deployment",
     "DeploymentFailedError",
     "DeploymentHandle",

@@ -31,6 +31,7 @@ EXAMPLES = {
     "int": 3,
     "float": 2.5,
     "object": ValueError("bad weights\nsecond line"),
+    "list[str]": ["applications[0].name: must be a string", "http_options.port: must be <= 65535"],
 }
 
 
@@ -105,6 +106,7 @@ def header(response, name: bytes) -> bytes | None:
         (RuntimeError(), 500, b"RuntimeError"),
         (_errors.ModelIdError("model id is bad"), 400, b"model id is bad"),
         (_errors.BadRequestError("model_id is required"), 400, b"model_id is required"),
+        (_errors.ConfigError(["a: must be 1", "b: must be 2"]), 400, b"a: must be 1\nb: must be 2"),
         (_errors.UnauthorizedError("token"), 401, b"token"),
         (_errors.DeploymentNotFoundError("a", "d"), 404, b"application 'a' has no deployment 'd'"),
         (_errors.RouteNotFoundError("no route"), 404, b"no route"),

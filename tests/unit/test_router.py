@@ -314,6 +314,7 @@ async def test_100_000_distinct_model_ids_leave_the_routers_structures_bounded(w
     assert sizes["queued"] == 0 and sizes["sent_loads"] == 0
     assert sizes["spill_debts"] <= router_module.MAX_SPILL_DEBTS
     assert sizes["reminders"] <= 2 * 1024
+    assert sizes["demand_ids"] <= router_module.MAX_DEMAND_IDS
     assert all(len(v.loaded) <= 4 for v in router._registry)
 
 
@@ -326,3 +327,35 @@ def test_spill_debts_are_bounded_by_max_entries():
     assert len(meter) <= 100
     assert meter.debt("id-99999", now=100.0) > 0  # the newest are kept
 
+
+
+# ---- reports for autoscaling -----------------------------------------------------------------
+
+
+async def test_a_report_counts_load_misses_and_demand(world):
+    net, directory, _, make = world
+    a = FakeReplica(net, "a", max_ongoing=1, loaded={"warm": 0.2})
+    router = await make(a)
+    calls = [start(router, "warm"), start(router, "cold"), start(router, "cold")]
+    await settle()
+    report = router.report()
+    assert (report.ongoing, report.queued) == (1, 2)
+    assert (report.placed, report.misses) == (1, 0)  # "warm" was held: a hit
+    assert dict(report.held) == {"a": (("warm", 0.2),)}
+    while a.pending:
+        await a.reply_all()
+    await asyncio.gather(*calls)
+    report = router.report()
+    assert (report.placed, report.misses) == (2, 1)  # the first "cold" loaded it, then a hit
+    assert dict(report.models) == {"cold": 2}
+    assert router.report().placed == 0  # counts are since the last report
+
+
+async def test_a_request_for_a_deployment_with_no_replica_is_reported_at_once(world):
+    _, directory, _, make = world
+    router = await make()  # published with no replica: scaled to zero
+    waiting = start(router, "m")
+    await settle()
+    assert [r.queued for r in directory.reports] == [1]
+    waiting.cancel()
+    await settle()
