@@ -80,6 +80,19 @@ def window_p99(latencies: list, windows: list[tuple[float, float]]) -> float:
     return round(percentile(ms, 99), 2)
 
 
+def by_segment(trace, latencies: list, samples: list, start: float) -> list[dict]:
+    """Per segment of the trace: requests, p50 and p99 of those due in it, replica-seconds."""
+    rows, t = [], 0.0
+    for seg in trace.segments:
+        ms = sorted(lat for due, lat in latencies if t <= due < t + seg.seconds)
+        rows.append({"kind": seg.kind, "from_s": t, "to_s": t + seg.seconds, "requests": len(ms),
+                     "p50_ms": round(percentile(ms, 50), 1), "p99_ms": round(percentile(ms, 99), 1),
+                     "replica_seconds": round(replica_seconds(samples, start + t,
+                                                              start + t + seg.seconds), 1)})
+        t += seg.seconds
+    return rows
+
+
 def per_window(samples: list, start: float, end: float, width: float = 10.0) -> list[int]:
     """The most replicas seen in each ``width``-second window of the run."""
     out = []
@@ -150,6 +163,9 @@ def run_system(system: str, trace, args: argparse.Namespace, config: dict | None
         "scale_down_reloads": counts.reloads,
         "preloads": counts.preloads,
         "replicas_per_10s": per_window(samples, start, end),
+        "segments": by_segment(trace, latencies, samples, start),
+        # the deployment's __del__, which Ray Serve calls when it stops a replica
+        "replica_del_calls": sum(1 for e in events if e["event"] == "replica_stop"),
         "timeline": [(round(t - start, 2), len(p)) for t, p in samples],
         "decisions": decisions,
         **ready,

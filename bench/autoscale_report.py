@@ -20,7 +20,7 @@ COLUMNS = (
     ("p99 ms", "p99_ms"), ("burst p99 ms", "burst_p99_ms"), ("max ms", "max_ms"),
     ("loads", "loads"), ("hit rate", "hit_rate"), ("lost to stops", "lost_to_stops"),
     ("scale-down reloads", "scale_down_reloads"), ("preloads", "preloads"), ("failed", "errors"),
-    ("replicas stopped", "replicas_stopped"),
+    ("replicas stopped", "replicas_stopped"), ("deployment __del__ calls", "replica_del_calls"),
 )
 
 
@@ -62,6 +62,16 @@ def summary(results: dict) -> str:
         for run in runs:
             counts = run.get("replicas_per_10s", [])
             out.append(f"- {run['label']}: " + " ".join(str(c) for c in counts))
+        out.append("")
+    segments = [(run["label"], run.get("segments", [])) for run in runs]
+    if runs and all(rows for _, rows in segments):
+        out += ["Per segment of the trace (replica-seconds, p50 / p99 ms):", "",
+                "| segment | " + " | ".join(label for label, _ in segments) + " |",
+                "|---|" + "---|" * len(segments)]
+        for i, seg in enumerate(segments[0][1]):
+            cells = [f"{rows[i]['replica_seconds']} s, {rows[i]['p50_ms']} / {rows[i]['p99_ms']}"
+                     for _, rows in segments]
+            out.append(f"| {seg['kind']} {seg['from_s']:g}-{seg['to_s']:g} s | " + " | ".join(cells) + " |")
         out.append("")
     checks = check_targets(results)
     if checks:
