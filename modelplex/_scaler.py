@@ -22,6 +22,9 @@ from ._routing import rendezvous_order
 
 # A router silent this long is gone (its process ended): its last report no longer counts.
 REPORT_TTL_S = 2.0
+# Demand is kept this long at most, whatever the look-back (and for deployments that do not
+# autoscale, whose windows ``step`` never trims): memory stays bounded.
+DEMAND_KEEP_S = 600.0
 # Models that make up this share of the demand are "hot".
 HOT_SHARE = 0.9
 # What ``stats`` summarises: the last minute.
@@ -75,6 +78,11 @@ class Scaler:
 
     @staticmethod
     def _trim(window: _Window, now: float) -> None:
+        while window.demand and window.demand[0][0] < now - DEMAND_KEEP_S:
+            window.demand.popleft()
+        gone = [r for r, (at, _) in window.reports.items() if now - at > DEMAND_KEEP_S]
+        for router_id in gone:
+            del window.reports[router_id]
         horizon = now - STATS_WINDOW_S
         while window.minute and window.minute[0][0] < horizon:
             window.minute.popleft()

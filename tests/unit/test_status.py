@@ -87,3 +87,18 @@ def test_token_from_header_then_query_then_cookie():
     assert presented_token(scope([cookie], b"token=q")) == ("q", True)
     assert presented_token(scope([cookie])) == ("c d", False)
     assert presented_token(scope()) == (None, False)
+
+
+def test_a_deployment_that_does_not_autoscale_keeps_bounded_history():
+    from modelplex._messages import DeploymentID, RouterReport
+    from modelplex._scaler import DEMAND_KEEP_S, Scaler
+
+    scaler = Scaler()
+    deployment = DeploymentID("app", "d")
+    for i in range(5000):
+        now = i * 0.5
+        scaler.record(
+            RouterReport(f"r{i % 3}", deployment, 0, 0, 1, 0, (("m", 1),), (), 4), now
+        )
+    window = scaler._windows[deployment]
+    assert len(window.demand) <= 2 * DEMAND_KEEP_S / 0.5 + 1
