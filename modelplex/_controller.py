@@ -410,6 +410,11 @@ class Controller:
             scaling = deployment.spec.config.autoscaling_config
             if scaling is None or deployment.removed:
                 continue
+            if not deployment.history.healthy_once:
+                # Until its replicas first all run, idle is not a signal: a slow start would
+                # count toward a scale-down. Delays start from a deployment that serves.
+                self._scaler.reset(deployment.id)
+                continue
             current = deployment.wanted()
             decision = self._scaler.step(deployment.id, scaling, current, now)
             if decision.target != current:

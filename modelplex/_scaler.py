@@ -110,6 +110,13 @@ class Scaler:
             load_p99_s=_quantile(times, 0.99),
         )
 
+    def reset(self, deployment_id: DeploymentID) -> None:
+        """Start the scaling decision over (its delays, its load samples)."""
+        window = self._windows.get(deployment_id)
+        if window is not None:
+            window.state = None
+            window.requests.clear()
+
     def forget(self, deployment_id: DeploymentID) -> None:
         self._windows.pop(deployment_id, None)
 
