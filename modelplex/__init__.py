@@ -17,10 +17,12 @@ from ._api import (
     run,
     shutdown,
     start,
+    status,
     unload_model,
     unpin_model,
 )
 from ._specs import ProxyInfo
+from ._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
 from ._config import HTTPOptions
 from ._context import get_multiplexed_model_id
 from ._fetch import fetch
@@ -67,6 +69,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Application",
     "ApplicationNotFoundError",
+    "ApplicationStatus",
     "ArtifactStatus",
     "BackPressureError",
     "BadRequestError",
@@ -77,6 +80,7 @@ __all__ = [
     "DeploymentHandle",
     "DeploymentNotFoundError",
     "DeploymentResponse",
+    "DeploymentStatus",
     "DiskCacheFullError",
     "HTTPOptions",
     "HeadersTooLargeError",
@@ -96,9 +100,11 @@ __all__ = [
     "ProxyInfo",
     "RemoteError",
     "ReplicaDiedError",
+    "ReplicaStatus",
     "ReplicasNotReadyError",
     "RequestTimeoutError",
     "RouteNotFoundError",
+    "ServeStatus",
     "ShuttingDownError",
     "StorageAccessDeniedError",
     "StorageUnavailableError",
@@ -121,6 +127,7 @@ __all__ = [
     "run",
     "shutdown",
     "start",
+    "status",
     "unload_model",
     "unpin_model",
 ]

@@ -8,17 +8,20 @@ deployment's own multiplexed loader (found by its marker), created if no request
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ._cache import ModelCache
 from ._errors import NoModelLoaderError
 
 PREFIX = "__modelplex_"
-LIST, PRELOAD, PIN, UNPIN, UNLOAD, CONFIGURE, WARM, ARTIFACTS = (
+LIST, PRELOAD, PIN, UNPIN, UNLOAD, CONFIGURE, WARM, ARTIFACTS, PROBE = (
     f"{PREFIX}{name}__"
-    for name in ("models", "preload", "pin", "unpin", "unload", "configure", "warm", "artifacts")
+    for name in (
+        "models", "preload", "pin", "unpin", "unload", "configure", "warm", "artifacts", "probe"
+    )
 )
 
 
@@ -49,6 +52,16 @@ class ArtifactStatus:
 
 
 @dataclass(frozen=True)
+class ReplicaProbe:
+    """What a replica says of itself for ``serve.status``: where it runs, its load, its models."""
+
+    node: str
+    pid: int
+    ongoing: int  # requests running in the replica, this probe not counted
+    models: tuple[ModelStatus, ...]
+
+
+@dataclass(frozen=True)
 class CacheLimits:
     max_models: Any
     max_bytes: Any
@@ -57,10 +70,20 @@ class CacheLimits:
 class Admin:
     """The replica's management operations, run on the user loop."""
 
-    def __init__(self, replica_id: str, instance: Any, caches: list[ModelCache]) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        instance: Any,
+        caches: list[ModelCache],
+        *,
+        node: str = "",
+        ongoing: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._replica_id = replica_id
         self._instance = instance
         self._caches = caches  # shared with the replica: caches appear as loaders first run
+        self._node = node
+        self._ongoing = ongoing  # the replica's count of running requests, this call included
         self.limits: CacheLimits | None = None
 
     def handles(self, method: str) -> bool:
@@ -69,6 +92,9 @@ class Admin:
     async def run(self, method: str, args: tuple) -> Any:
         if method == LIST:
             return self.models()
+        if method == PROBE:
+            models = tuple(self.models())
+            return ReplicaProbe(self._node, os.getpid(), max(0, self._ongoing() - 1), models)
         if method == PRELOAD:
             return await self.preload(*args)
         if method == PIN:

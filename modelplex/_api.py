@@ -11,6 +11,7 @@ from ._deployment import Application
 from ._errors import ApplicationNotFoundError
 from ._admin import ArtifactStatus, ModelStatus
 from ._handle import DeploymentHandle
+from ._status import ServeStatus
 
 
 def start(
@@ -106,6 +107,13 @@ def list_models(app_name: str | None = None, deployment_name: str | None = None)
     Without ``app_name``, every deployment of every application."""
     runtime = _running()
     return runtime.call(runtime.models.list_models(app_name, deployment_name))
+
+
+def status() -> ServeStatus:
+    """Applications, their deployments (hit rate and load times over the last minute), each
+    deployment's replicas (state, node, pid, running and queued requests) and their models."""
+    runtime = _running()
+    return runtime.call(runtime.status())
 
 
 def preload_model(

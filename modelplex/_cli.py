@@ -264,10 +264,29 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    import yaml
+    """Applications, deployments, replicas and their models (``GET /-/status``); ``--watch``
+    redraws about once a second until Ctrl-C."""
+    import time
 
-    sys.stdout.write(yaml.safe_dump(_request(args, "GET", "/-/applications"), sort_keys=False))
-    return 0
+    from ._status import render
+
+    if not args.watch:
+        doc = _request(args, "GET", "/-/status", timeout=10.0)
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n" if args.json else render(doc))
+        return 0
+    if not args.json:
+        sys.stdout.write("\x1b[2J")
+    try:
+        while True:
+            doc = _request(args, "GET", "/-/status", timeout=10.0)
+            text = json.dumps(doc) + "\n" if args.json else render(doc)
+            if not args.json:  # redraw in place: home, the document, clear what is left
+                text = "\x1b[H" + text.replace("\n", "\x1b[K\n") + "\x1b[J"
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _shutdown(args: argparse.Namespace) -> int:
@@ -316,12 +335,15 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, help_text in (
         ("deploy", "apply a config to a running instance"),
-        ("status", "show the applications a running instance serves"),
+        ("status", "show applications, deployments, replicas and their models"),
         ("shutdown", "stop a running instance"),
     ):
         p = commands.add_parser(name, help=help_text)
         if name == "deploy":
             p.add_argument("config", help="CONFIG.yaml")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="print the status document as JSON")
+            p.add_argument("--watch", action="store_true", help="redraw about once a second")
         p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"default {DEFAULT_ADDRESS}")
         p.add_argument("--management-token", default=None, help=f"default: ${TOKEN_ENV}")
     return parser

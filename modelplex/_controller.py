@@ -43,7 +43,7 @@ from ._messages import (
     WatchRoutes,
 )
 from ._reconcile import History, Phase, Policy, ReplicaObservation, Target, reconcile
-from ._scaler import Scaler
+from ._scaler import Scaler, Stats
 from ._specs import ReplicaSpec
 from ._transport import Channel, ConnectionClosed, Server, start_server
 
@@ -65,6 +65,21 @@ class DeploymentSpec:
     payload: bytes  # cloudpickled (class, args, kwargs)
 
 
+@dataclass(frozen=True)
+class ReplicaState:
+    replica_id: str
+    phase: str  # "starting", "running" or "stopping"
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class DeploymentObservation:
+    target_replicas: int
+    settled: bool
+    replicas: tuple[ReplicaState, ...]
+    stats: Stats
+
+
 @dataclass
 class _Replica:
     replica_id: str
@@ -76,6 +91,7 @@ class _Replica:
     address: tuple[str, int] | None = None
     control: Channel | None = None
     error: str = ""  # what the replica said when it could not start
+    pid: int | None = None  # as the replica reported it when ready
     retiring: bool = False  # handing its hot models to the survivors before it stops
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     pong: asyncio.Event = field(default_factory=asyncio.Event)
@@ -362,6 +378,24 @@ class Controller:
             await self._server.close()
         await self._backend.close()
 
+    # ---- status ------------------------------------------------------------------------------
+
+    def observe(self, deployment_id: DeploymentID) -> DeploymentObservation | None:
+        """What ``serve.status`` shows of a deployment that the controller knows itself."""
+        deployment = self._deployments.get(deployment_id)
+        if deployment is None:
+            return None
+        replicas = tuple(
+            ReplicaState(r.replica_id, r.phase.value, r.pid or (r.process.pid if r.process else None))
+            for r in sorted(deployment.replicas.values(), key=lambda r: r.replica_id)
+        )
+        return DeploymentObservation(
+            deployment.target().num_replicas,
+            deployment.settled(),
+            replicas,
+            self._scaler.stats(deployment_id, self._clock()),
+        )
+
     # ---- autoscaling -------------------------------------------------------------------------
 
     def report(self, report: RouterReport) -> None:
@@ -375,6 +409,11 @@ class Controller:
         for deployment in self._deployments.values():
             scaling = deployment.spec.config.autoscaling_config
             if scaling is None or deployment.removed:
+                continue
+            if not deployment.history.healthy_once:
+                # Until its replicas first all run, idle is not a signal: a slow start would
+                # count toward a scale-down. Delays start from a deployment that serves.
+                self._scaler.reset(deployment.id)
                 continue
             current = deployment.wanted()
             decision = self._scaler.step(deployment.id, scaling, current, now)
@@ -717,6 +756,7 @@ class Controller:
         if replica.phase is not Phase.STARTING:
             return  # stopped or given up on meanwhile; the process is being killed
         replica.address = first.address
+        replica.pid = first.pid
         replica.control = conn
         replica.phase, replica.since = Phase.RUNNING, self._clock()
         if replica.code_version == deployment.code_version:

@@ -86,6 +86,8 @@ class ProxyApp:
         # POST /-/shutdown. A ConfigDeployer (_deploy.py); None serves no such routes.
         self.deployer: Any = None
         self.access_log = False  # one INFO line per request (logging_config.enable_access_log)
+        # Set by the driver's runtime: GET /-/status, /-/dashboard, /-/events (_dashboard.py).
+        self.observer: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.access_log or scope["type"] != "http":
@@ -209,6 +211,10 @@ class ProxyApp:
             if not self._management_allowed(scope):
                 raise UnauthorizedError("model management needs 'Authorization: Bearer <token>'")
             await _send_json(send, 200, await self._manage_models(path, method, scope, receive))
+        elif path in ("/-/status", "/-/dashboard", "/-/events") and self.observer is not None:
+            if not self._options.management_routes:
+                raise RouteNotFoundError("management over HTTP is switched off")
+            await self.observer.serve(scope, receive, send, self._options.management_token)
         elif path in ("/-/applications", "/-/shutdown") and self.deployer is not None:
             if not self._options.management_routes:
                 raise RouteNotFoundError("management over HTTP is switched off")

@@ -17,6 +17,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -103,7 +104,10 @@ class Replica:
         try:
             cls, args, kwargs = cloudpickle.loads(self.spec.payload)
             self.instance = await asyncio.wrap_future(self.user.submit(_construct(cls, args, kwargs)))
-            self.admin = Admin(self.replica_id, self.instance, self.caches)
+            self.admin = Admin(
+                self.replica_id, self.instance, self.caches,
+                node=self.spec.node_id or socket.gethostname(), ongoing=lambda: self.ongoing,
+            )
             if self.spec.cache_limits is not None:
                 limits, admin = self.spec.cache_limits, self.admin
 

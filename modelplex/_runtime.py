@@ -20,6 +20,7 @@ from ._aio import LoopThread
 from ._backends import Backend, ProxyInfo, ProxySpec, make_backend
 from ._config import ClusterOptions, HTTPOptions, LogOptions
 from ._controller import Controller, DeploymentSpec
+from ._dashboard import StatusFeed
 from ._deploy import ConfigDeployer
 from ._deployment import Application, Deployment
 from ._handle import DeploymentHandle
@@ -28,6 +29,7 @@ from ._logging import configure_driver_logging
 from ._management import ModelManager
 from ._proxy import Proxy, ProxyApp
 from ._router import RouterRegistry, install_registry
+from ._status import ServeStatus, collect
 from ._transport import new_secret
 
 logger = logging.getLogger("modelplex")
@@ -65,6 +67,7 @@ class Runtime:
         self.proxy: Proxy | None = None
         self._proxy_app: ProxyApp | None = None
         self.deployer: ConfigDeployer | None = None
+        self.observer: StatusFeed | None = None
         try:
             self._thread.run(self._start())
         except BaseException:
@@ -85,6 +88,8 @@ class Runtime:
         if self.http_options is not None:
             app = ProxyApp(self.controller.routes, self.registry, self.http_options, self.models)
             self._proxy_app = app
+            self.observer = StatusFeed(self.status)
+            app.observer = self.observer
             self.proxy = Proxy(app, self.http_options)
             await self.proxy.start()
             assert self.proxy.port is not None
@@ -138,6 +143,9 @@ class Runtime:
         """Run a coroutine on the driver loop from the user's thread."""
         return self._thread.run(coro, timeout)
 
+    async def status(self) -> ServeStatus:
+        return await collect(self.controller, self.registry)
+
     def delete(self, name: str) -> None:
         self._thread.run(self.controller.delete(name))
 
@@ -152,6 +160,8 @@ class Runtime:
         if self._follow_task is not None:
             self._follow_task.cancel()
             await asyncio.gather(self._follow_task, return_exceptions=True)
+        if self.observer is not None:
+            self.observer.close()  # ends the live pages' streams, so the proxy stops at once
         if self.proxy is not None:
             await self.proxy.stop()
         await self.registry.close()

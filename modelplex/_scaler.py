@@ -3,13 +3,15 @@
 Routers report every half second (``RouterReport``): requests running and queued, requests
 placed and how many of them missed the cache, the busiest model ids, and what each replica
 holds. This module sums them per deployment over ``look_back_period_s`` and hands the pure
-policy (``_autoscale.decide``) its inputs. It also ranks replicas by what losing them would cost
+policy (``_autoscale.decide``) its inputs, and ``serve.status`` the last minute's hit rate and
+load times (``stats``). It also ranks replicas by what losing them would cost
 (their hot models that no other replica holds, weighted by demand and load time), and says which
 models to hand to which survivor before a replica stops.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -20,8 +22,26 @@ from ._routing import rendezvous_order
 
 # A router silent this long is gone (its process ended): its last report no longer counts.
 REPORT_TTL_S = 2.0
+# Demand is kept this long at most, whatever the look-back (and for deployments that do not
+# autoscale, whose windows ``step`` never trims): memory stays bounded.
+DEMAND_KEEP_S = 600.0
 # Models that make up this share of the demand are "hot".
 HOT_SHARE = 0.9
+# What ``stats`` summarises: the last minute.
+STATS_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A deployment over the last ``STATS_WINDOW_S``, from its routers' reports."""
+
+    ongoing: int  # requests running on replicas, over routers, now
+    queued: int  # requests waiting at routers, now
+    requests: int  # requests placed
+    hit_rate: float | None  # share placed on a replica that held the model (None: none placed)
+    loads: int  # model loads that finished
+    load_p50_s: float | None
+    load_p99_s: float | None
 
 
 @dataclass
@@ -30,6 +50,9 @@ class _Window:
     requests: deque = field(default_factory=deque)  # (time, running + queued over routers)
     demand: deque = field(default_factory=deque)  # (time, placed, misses, models)
     state: ScaleState | None = None
+    minute: deque = field(default_factory=deque)  # (time, placed, misses) for stats
+    loads: deque = field(default_factory=deque)  # (time, (replica, model, load seconds))
+    held_at: dict = field(default_factory=dict)  # (replica, model, load seconds) -> last seen
 
 
 class Scaler:
@@ -41,6 +64,58 @@ class Scaler:
         window.reports[report.router_id] = (now, report)
         if report.placed or report.models:
             window.demand.append((now, report.placed, report.misses, report.models))
+        if report.placed:
+            window.minute.append((now, report.placed, report.misses))
+        # A load is a (replica, model, load time) first seen: several routers report the same
+        # one, and a model loaded again has another load time.
+        for replica_id, models in report.held:
+            for model_id, load_s in models:
+                key = (replica_id, model_id, load_s)
+                if key not in window.held_at:
+                    window.loads.append((now, key))
+                window.held_at[key] = now
+        self._trim(window, now)
+
+    @staticmethod
+    def _trim(window: _Window, now: float) -> None:
+        while window.demand and window.demand[0][0] < now - DEMAND_KEEP_S:
+            window.demand.popleft()
+        gone = [r for r, (at, _) in window.reports.items() if now - at > DEMAND_KEEP_S]
+        for router_id in gone:
+            del window.reports[router_id]
+        horizon = now - STATS_WINDOW_S
+        while window.minute and window.minute[0][0] < horizon:
+            window.minute.popleft()
+        while window.loads and window.loads[0][0] < horizon:
+            window.loads.popleft()
+        if len(window.held_at) > 64 and any(now - at > 10 for at in window.held_at.values()):
+            window.held_at = {k: at for k, at in window.held_at.items() if now - at <= 10}
+
+    def stats(self, deployment_id: DeploymentID, now: float) -> Stats:
+        window = self._windows.get(deployment_id)
+        if window is None:
+            return Stats(0, 0, 0, None, 0, None, None)
+        self._trim(window, now)
+        fresh = [r for at, r in window.reports.values() if now - at <= REPORT_TTL_S]
+        placed = sum(p for _, p, _ in window.minute)
+        misses = sum(m for _, _, m in window.minute)
+        times = sorted(key[2] for _, key in window.loads)
+        return Stats(
+            ongoing=sum(r.ongoing for r in fresh),
+            queued=sum(r.queued for r in fresh),
+            requests=placed,
+            hit_rate=round(1 - misses / placed, 4) if placed else None,
+            loads=len(times),
+            load_p50_s=_quantile(times, 0.5),
+            load_p99_s=_quantile(times, 0.99),
+        )
+
+    def reset(self, deployment_id: DeploymentID) -> None:
+        """Start the scaling decision over (its delays, its load samples)."""
+        window = self._windows.get(deployment_id)
+        if window is not None:
+            window.state = None
+            window.requests.clear()
 
     def forget(self, deployment_id: DeploymentID) -> None:
         self._windows.pop(deployment_id, None)
@@ -142,3 +217,10 @@ class Scaler:
         if slots:  # fill at most half of each keeper's slots: theirs are in use too
             hot = hot[: max(1, min(slots) // 2) * len(keepers)]
         return [(m, rendezvous_order(m, keepers)[0]) for m in hot]
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    """The nearest-rank quantile of sorted values (None for none)."""
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))], 4)

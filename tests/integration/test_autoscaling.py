@@ -77,7 +77,7 @@ def test_scales_to_zero_and_serves_the_first_request_after(serve_instance):
 
 def test_a_scale_down_hands_hot_models_to_the_survivor_first(serve_instance, tmp_path):
     events = str(tmp_path / "events")
-    config = dict(min_replicas=1, max_replicas=2, initial_replicas=2, **{**FAST, "downscale_delay_s": 2.0})
+    config = dict(min_replicas=1, max_replicas=2, initial_replicas=2, **{**FAST, "downscale_delay_s": 4.0})
     serve.run(Napper.options(autoscaling_config=config).bind(events))
     assert replicas() == 2
     # Two hot models, one on each replica (rendezvous homes), kept warm by steady traffic.

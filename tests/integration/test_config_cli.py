@@ -3,6 +3,7 @@ build, run, start, deploy, status, shutdown."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -215,10 +216,10 @@ def test_start_deploy_update_and_shutdown(tmp_path):
         ]
         assert new_pids < pids(f"{url}/rolled", 3)  # the two kept, one added
         assert requests.get(f"{url}/stable", timeout=10).status_code == 404
-        status = cli(tmp_path, "status", *address, **token)
-        assert yaml.safe_load(status.stdout)["applications"]["rolled"]["deployments"] == {
-            "Echo": {"running_replicas": 3}
-        }
+        status = cli(tmp_path, "status", "--json", *address, **token)
+        deployments = json.loads(status.stdout)["applications"]["rolled"]["deployments"]
+        assert list(deployments) == ["Echo"]
+        assert [r["state"] for r in deployments["Echo"]["replicas"]] == ["running"] * 3
 
         stopped = cli(tmp_path, "shutdown", *address, **token)
         assert stopped.returncode == 0, stopped.stderr

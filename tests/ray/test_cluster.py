@@ -6,9 +6,12 @@ the nodes that remain. The node removal comes last: it changes the cluster for w
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -79,6 +82,39 @@ def test_replicas_spread_over_nodes_by_resources(serving):
     assert driver_proxy.node_id == head
     resp = requests.get(driver_proxy.url + "/b", headers={H: "7"}, timeout=30)
     assert resp.status_code == 200 and resp.json() == {"node": zone_b.node_id, "model": "7"}
+
+
+@serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 1})
+class Held:
+    @serve.multiplexed(max_num_models_per_replica=4)
+    async def get_model(self, model_id):
+        return model_id
+
+    async def __call__(self, request=None):
+        return await self.get_model(serve.get_multiplexed_model_id())
+
+
+def test_status_shows_replicas_on_two_nodes(serving):
+    """serve.status() and `modelplex status --json` against the driver's proxy agree: two
+    replicas on the two worker nodes, each with its pid, and the models they hold."""
+    _, (zone_a, zone_b) = serving
+    handle = serve.run(Held.bind(), name="held", route_prefix="/held")
+    for model in ("1", "2", "3", "4"):
+        assert handle.options(multiplexed_model_id=model).remote().result() == model
+    replicas = serve.status().applications["held"].deployments["Held"].replicas
+    assert {r.node for r in replicas} == {zone_a.node_id, zone_b.node_id}
+    assert all(r.state == "running" and r.pid for r in replicas)
+    done = subprocess.run(
+        [sys.executable, "-m", "modelplex._cli", "status", "--json",
+         "--address", serve.list_proxies()[0].url],
+        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)["applications"]["held"]["deployments"]["Held"]
+    assert {r["node"] for r in doc["replicas"]} == {zone_a.node_id, zone_b.node_id}
+    assert {r["pid"] for r in doc["replicas"]} == {r.pid for r in replicas}
+    assert sorted(m["model_id"] for r in doc["replicas"] for m in r["models"]) == ["1", "2", "3", "4"]
+    serve.delete("held")
 
 
 def test_every_node_has_a_proxy_and_two_proxies_load_a_cold_model_once(serving, tmp_path):
