@@ -118,12 +118,20 @@ class RayActorOptionsSchema(_Schema):
     fallback_strategy: _unsupported("fallback_strategy") = None
 
 
+def _log_level(value: Any) -> str:
+    """The level's name, as ``LoggingConfig`` keeps it (a number is taken too)."""
+    try:
+        return LoggingConfig(log_level=value).log_level
+    except ValueError as exc:
+        raise PydanticCustomError("value_error", str(exc).removeprefix("log_level ")) from None
+
+
 class LoggingSchema(_Schema):
     """Ray's ``logging_config``: at the top level the default for every deployment (and the
     proxy's access log), per deployment its own; ``_config.LoggingConfig`` checks the values."""
 
     encoding: Annotated[Literal["TEXT", "JSON"], _explained("'TEXT' or 'JSON'")] = "TEXT"
-    log_level: Annotated[int | str, _explained("a level name or its number")] = "INFO"
+    log_level: Annotated[Any, AfterValidator(_log_level)] = "INFO"
     enable_access_log: bool = True
     additional_log_standard_attrs: list[str] | None = None
     logs_dir: _unsupported("logs_dir; logs go under <tmp>/modelplex-logs") = None
