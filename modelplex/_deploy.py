@@ -145,7 +145,8 @@ def with_overrides(
 ) -> list[DeploymentSpec]:
     """The built specs with the entry's ``deployments`` overrides, by name, through
     ``Deployment.options`` (so a count ends autoscaling exactly as in code). A deployment
-    whose code and entry set no ``logging_config`` takes ``default_logging`` (the top level's)."""
+    whose code and entry set no ``logging_config`` takes ``default_logging`` (the top level's);
+    the keys an entry sets override the top level's."""
     specs = {spec.config.name: spec for spec in built.specs}
     if default_logging is not None:
         for name, spec in specs.items():
@@ -166,8 +167,14 @@ def with_overrides(
                 f"{where}.deployments[{i}].max_num_models_per_replica: deployment "
                 f"{override.name!r} has no @serve.multiplexed loader"
             )
+        options = override.options()
+        if default_logging is not None and "logging_config" in options:
+            # The keys a deployment sets override the top level's, one by one.
+            options["logging_config"] = {
+                **dataclasses.asdict(default_logging), **options["logging_config"]
+            }
         try:
-            config = Deployment(object, spec.config).options(**override.options()).config
+            config = Deployment(object, spec.config).options(**options).config
         except (TypeError, ValueError) as exc:
             errors.append(f"{where}.deployments[{i}]: {exc}")
             continue
