@@ -8,6 +8,7 @@ surface at decoration or ``serve.start`` time rather than deep inside a replica.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -158,8 +159,12 @@ class DeploymentConfig:
     ray_actor_options: Mapping[str, Any] | None = None
     # With it, num_replicas is only where the count starts ("auto": Ray's defaults).
     autoscaling_config: AutoscalingConfig | None = None
+    # None: the instance's default (the config file's top-level logging_config, or Ray's).
+    logging_config: "LoggingConfig | None" = None
 
     def __post_init__(self) -> None:
+        if self.logging_config is not None:
+            object.__setattr__(self, "logging_config", LoggingConfig.from_value(self.logging_config))
         if self.num_replicas == "auto":
             object.__setattr__(self, "autoscaling_config", AutoscalingConfig.auto(self.autoscaling_config))
         elif self.autoscaling_config is not None:
@@ -298,3 +303,74 @@ class LogOptions:
         if not raw.isdigit() or int(raw) < 1:
             raise ValueError(f"{LOG_RUNS_ENV} must be a whole number >= 1, got {raw!r}")
         return cls(int(raw))
+
+
+LOG_ENCODINGS = ("TEXT", "JSON")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The LogRecord attributes additional_log_standard_attrs may name (Ray's list).
+LOG_RECORD_ATTRS = frozenset({
+    "args", "asctime", "created", "exc_info", "exc_text", "filename", "funcName", "levelname",
+    "levelno", "lineno", "message", "module", "msecs", "msg", "name", "pathname", "process",
+    "processName", "relativeCreated", "stack_info", "thread", "threadName", "taskName",
+})
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Ray Serve 2.60's ``logging_config``, but ``logs_dir`` (logs go to the run's folder).
+
+    ``encoding`` "TEXT" or "JSON" (one object per line); ``log_level`` for the replica's
+    loggers (a name or its number); ``enable_access_log`` the per-request lines;
+    ``additional_log_standard_attrs`` LogRecord attributes added to every line."""
+
+    encoding: str = "TEXT"
+    log_level: str = "INFO"
+    enable_access_log: bool = True
+    additional_log_standard_attrs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.encoding not in LOG_ENCODINGS:
+            raise ValueError(f"encoding must be 'TEXT' or 'JSON', got {self.encoding!r}")
+        level = self.log_level
+        if isinstance(level, int) and not isinstance(level, bool):
+            level = logging.getLevelName(level)
+        if level not in LOG_LEVELS:
+            raise ValueError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)} (or its number), "
+                f"got {self.log_level!r}"
+            )
+        object.__setattr__(self, "log_level", level)
+        if not isinstance(self.enable_access_log, bool):
+            raise TypeError(f"enable_access_log must be a bool, got {self.enable_access_log!r}")
+        attrs = self.additional_log_standard_attrs
+        if isinstance(attrs, str) or not isinstance(attrs, (list, tuple)):
+            raise TypeError(f"additional_log_standard_attrs must be a list, got {attrs!r}")
+        for attr in attrs:
+            if attr not in LOG_RECORD_ATTRS:
+                raise ValueError(
+                    f"additional_log_standard_attrs has an unknown attribute {attr!r}; "
+                    f"allowed: {', '.join(sorted(LOG_RECORD_ATTRS))}"
+                )
+        object.__setattr__(self, "additional_log_standard_attrs", tuple(dict.fromkeys(attrs)))
+
+    @classmethod
+    def from_value(cls, value: "LoggingConfig | Mapping[str, Any] | None") -> "LoggingConfig":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            if value.get("logs_dir") is not None:
+                raise ValueError(
+                    "logging_config['logs_dir'] is not supported yet: logs go to the run's "
+                    "folder under <tmp>/modelplex-logs"
+                )
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = set(value) - known - {"logs_dir"}
+            if unknown:
+                raise ValueError(
+                    f"logging_config has unknown key(s) {', '.join(map(repr, sorted(unknown)))}; "
+                    f"allowed: {', '.join(sorted(known))}"
+                )
+            return cls(**{k: v for k, v in value.items() if k in known})
+        raise TypeError(f"logging_config must be a dict or LoggingConfig, got {value!r}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ._backends import Backend, ReplicaProcess
-from ._config import DeploymentConfig
+from ._config import DeploymentConfig, LoggingConfig
 from ._errors import ApplicationNotFoundError, DeploymentFailedError, ShuttingDownError
 from ._messages import (
     DeploymentID,
@@ -473,6 +473,12 @@ class Controller:
 
     # ---- replica sets ------------------------------------------------------------------------
 
+    def access_log(self, deployment_id: DeploymentID) -> bool:
+        """Whether the deployment's ``logging_config`` keeps its access lines (the proxy asks)."""
+        deployment = self._deployments.get(deployment_id)
+        logging_config = deployment.spec.config.logging_config if deployment else None
+        return logging_config is None or logging_config.enable_access_log
+
     def replica_set(self, deployment_id: DeploymentID) -> ReplicaSet:
         deployment = self._deployments.get(deployment_id)
         version = self._versions.get(deployment_id, 0)
@@ -637,6 +643,7 @@ class Controller:
             cwd=os.getcwd(),
             ray_actor_options=config.ray_actor_options,
             cache_limits=self._cache_limits.get(deployment.id),
+            logging_config=config.logging_config or LoggingConfig(),
         )
         try:
             try:
@@ -815,7 +822,7 @@ class Controller:
 
 
 # What a replica is built from: a change to any of these needs new replicas.
-_REPLICA_FIELDS = ("max_ongoing_requests", "ray_actor_options")
+_REPLICA_FIELDS = ("max_ongoing_requests", "ray_actor_options", "logging_config")
 
 
 def _same_replicas(old: DeploymentSpec, new: DeploymentSpec) -> bool:

@@ -89,6 +89,7 @@ def deployment(
     max_replicas_per_model: int | None = None,
     ray_actor_options: dict | None = None,
     autoscaling_config: dict | None = None,
+    logging_config: dict | None = None,
 ) -> Any:
     """Turn a class or function into a deployment, bare (``@deployment``) or with options."""
     options = _drop_none(
@@ -102,6 +103,7 @@ def deployment(
             max_replicas_per_model=max_replicas_per_model,
             ray_actor_options=ray_actor_options,
             autoscaling_config=autoscaling_config,
+            logging_config=logging_config,
         )
     )
     _check_scaling(options)

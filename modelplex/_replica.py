@@ -35,7 +35,13 @@ from ._aio import LoopThread, new_event_loop
 from ._specs import ReplicaSpec
 from ._stores import close_filesystems
 from ._cache import ModelCache
-from ._errors import MethodNotFoundError, RemoteError, UnserializableResultError, error_response
+from ._errors import (
+    MethodNotFoundError,
+    RemoteError,
+    UnserializableResultError,
+    error_response,
+    http_status_for,
+)
 from ._http import render, to_starlette
 from ._logging import configure_replica_logging
 from ._messages import (
@@ -91,6 +97,7 @@ class Replica:
         # greets new connections with it and never reads a cache itself.
         self.latest_update = ModelsUpdate(self.replica_id, 0, {}, (), True)
         self.stopping = False
+        self.access_log = spec.logging_config.enable_access_log
 
     # ---- life cycle --------------------------------------------------------------------------
 
@@ -303,6 +310,8 @@ class Replica:
             route=call.http.scope.get("path", "") if call.http is not None else "",
         )
         token = _context.set_request(ctx)
+        started = time.perf_counter()
+        outcome = "CANCELLED"  # unless it returns or raises
         try:
             if self.admin.handles(call.method):
                 args = pickle.loads(call.payload)[0] if call.payload else ()
@@ -326,15 +335,25 @@ class Replica:
                 value = await value
             if call.http is not None:
                 value = await render(value)
+            outcome = "OK"
             return self._success(call, value)
         except HTTPException as exc:
+            outcome = str(exc.status_code)
             if call.http is None:
                 return _failure(call.request_id, exc, traceback.format_exc())
             return self._success(call, HTTPResult(*error_response(exc)))
         except Exception as exc:
-            logger.exception("Request failed: %s: %s", type(exc).__name__, exc)
+            outcome = str(_log_failure(exc))
             return _failure(call.request_id, exc, traceback.format_exc())
         finally:
+            if self.access_log and call.http is None and not self.admin.handles(call.method):
+                # A handle call's access line; an HTTP request has its own at the proxy.
+                ms = (time.perf_counter() - started) * 1000
+                logger.info(
+                    "CALL %s %s %.1fms", call.method, outcome, ms,
+                    extra={"access": True, "method": "CALL", "status": outcome,
+                           "latency_ms": round(ms, 1)},
+                )
             ctx.release_all()
             _context.reset_request(token)
 
@@ -354,6 +373,18 @@ class Replica:
 
 # Return values that pickle the same with or without cloudpickle.
 _PLAIN_VALUES = frozenset({HTTPResult, str, bytes, int, float, bool, type(None)})
+
+
+def _log_failure(exc: Exception) -> int:
+    """A client's error (4xx) is one WARNING line, without a traceback: a misconfigured client
+    must not flood the logs. Anything else is an ERROR with its traceback. Returns the status."""
+    status = http_status_for(exc)
+    if 400 <= status < 500:
+        first = str(exc).strip().splitlines()[:1]
+        logger.warning("Request failed (%d): %s", status, ": ".join([type(exc).__name__, *first]))
+    else:
+        logger.exception("Request failed: %s: %s", type(exc).__name__, exc)
+    return status
 
 
 def _failure(request_id: int, exc: BaseException, tb: str = "") -> Result:
@@ -403,7 +434,10 @@ def run_replica(spec: ReplicaSpec) -> int:
     for path in reversed(spec.sys_path):
         if path not in sys.path:
             sys.path.insert(0, path)
-    configure_replica_logging(str(spec.deployment_id), spec.replica_id, spec.log_dir)
+    configure_replica_logging(
+        str(spec.deployment_id), spec.replica_id, spec.log_dir, spec.logging_config,
+        spec.deployment_id.app,
+    )
     if spec.node_id:  # a backend with several nodes per filesystem: one disk cache per node
         _disk_cache.configure(node_id=spec.node_id)
     loop = new_event_loop()

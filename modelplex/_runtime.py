@@ -18,14 +18,19 @@ import cloudpickle
 
 from ._aio import LoopThread
 from ._backends import Backend, ProxyInfo, ProxySpec, make_backend
-from ._config import ClusterOptions, HTTPOptions, LogOptions
+from ._config import ClusterOptions, HTTPOptions, LoggingConfig, LogOptions
 from ._controller import Controller, DeploymentSpec
 from ._dashboard import StatusFeed
 from ._deploy import ConfigDeployer
 from ._deployment import Application, Deployment
 from ._handle import DeploymentHandle
 from ._log_dirs import new_session_dir
-from ._logging import configure_driver_logging
+from ._logging import (
+    apply_driver_logging,
+    close_proxy_logging,
+    configure_driver_logging,
+    configure_proxy_logging,
+)
 from ._management import ModelManager
 from ._proxy import Proxy, ProxyApp
 from ._router import RouterRegistry, install_registry
@@ -87,6 +92,8 @@ class Runtime:
         await self.controller.start(host=self.backend.listen_host)
         if self.http_options is not None:
             app = ProxyApp(self.controller.routes, self.registry, self.http_options, self.models)
+            app.access_log_for = self.controller.access_log
+            configure_proxy_logging(self.log_dir)
             self._proxy_app = app
             self.observer = StatusFeed(self.status)
             app.observer = self.observer
@@ -124,12 +131,14 @@ class Runtime:
         and stop on ``POST /-/shutdown`` by calling ``on_shutdown``: the CLI's instances."""
         app = self._proxy_app
 
-        def set_access_log(on: bool) -> None:
+        def set_logging(config: LoggingConfig) -> None:
+            """The config's top-level logging_config: the proxy's access log and the driver."""
             if app is not None:
-                app.access_log = on
+                app.access_log = config.enable_access_log
+            apply_driver_logging(config)
 
         self.deployer = ConfigDeployer(
-            self.controller, self.models, self.http_options, on_shutdown, set_access_log
+            self.controller, self.models, self.http_options, on_shutdown, set_logging
         )
         if app is not None and over_http:
             app.deployer = self.deployer
@@ -164,6 +173,7 @@ class Runtime:
             self.observer.close()  # ends the live pages' streams, so the proxy stops at once
         if self.proxy is not None:
             await self.proxy.stop()
+            close_proxy_logging()
         await self.registry.close()
         await self.controller.shutdown()
 

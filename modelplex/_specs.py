@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ._config import HTTPOptions
+from ._config import HTTPOptions, LoggingConfig
 from ._messages import DeploymentID
 
 
@@ -30,6 +30,7 @@ class ReplicaSpec:
     # Set by a backend that may put several nodes on one filesystem (Ray): keys the node's
     # disk cache directory. Empty: one directory for the machine.
     node_id: str = ""
+    logging_config: LoggingConfig = LoggingConfig()
 
     def __repr__(self) -> str:  # never print the secret
         return f"ReplicaSpec(replica_id={self.replica_id!r})"

@@ -139,12 +139,16 @@ class Router:
         model_id: str = "",
         http: HTTPRequest | None = None,
         trace_id: str = "",
+        on_replica: Callable[[str], None] | None = None,
     ) -> Any:
-        """Route one request, send it, and return its result (or raise the remote error)."""
+        """Route one request, send it, and return its result (or raise the remote error).
+        ``on_replica`` hears the replica it is sent to (the proxy's access log names it)."""
         self._start()
         payload = _encode_args(args, kwargs or {}) if (args or kwargs) else b""
         for _ in range(SEND_ATTEMPTS):
             slot = self._place_now(model_id) or await self._wait(model_id)
+            if on_replica is not None:
+                on_replica(slot.view.replica_id)
             try:
                 return self._decode(await self._send(slot, method, payload, http, trace_id), method)
             except NotSent:

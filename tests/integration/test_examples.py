@@ -62,8 +62,9 @@ def test_demo_runs_once():
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("HTTP 200") == 6
+    assert out.stdout.count("HTTP 200") == 8
     assert "Loading model '1'." in out.stderr
+    assert "Unloading model '" in out.stderr  # seven models, six slots: the README promises it
 
 
 def test_readme_example_runs(serve_instance):

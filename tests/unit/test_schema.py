@@ -89,7 +89,7 @@ def test_unknown_keys_list_what_is_allowed():
     [
         (app(deployments=[{"name": "A", "user_config": {"threshold": 1}}]),
          "applications[0].deployments[0].user_config"),
-        ({**app(), "logging_config": {"encoding": "JSON"}}, "logging_config.encoding"),
+        (app(logging_config={"encoding": "JSON"}), "applications[0].logging_config"),
         ({**app(), "logging_config": {"logs_dir": "/x"}}, "logging_config.logs_dir"),
         (app(runtime_env={"pip": ["torch"]}), "applications[0].runtime_env"),
         ({**app(), "http_options": {"ssl_keyfile": "k"}}, "http_options.ssl_keyfile"),
