@@ -36,6 +36,7 @@ from ._http import request_from_scope
 from ._http_protocol import bounded_protocol, head_limit
 from ._management import ModelManager, check_limits, status_dicts
 from ._messages import DeploymentID, HTTPResult
+from ._metrics import ROUTE_KEY
 from ._model_ids import model_id_from_headers
 from ._router import RouterRegistry
 
@@ -86,6 +87,8 @@ class ProxyApp:
         # POST /-/shutdown. A ConfigDeployer (_deploy.py); None serves no such routes.
         self.deployer: Any = None
         self.access_log = False  # one INFO line per request (logging_config.enable_access_log)
+        # GET /-/metrics: this node's Prometheus text, as (body, content type); None: off.
+        self.metrics: Callable[[], tuple[bytes, str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.access_log or scope["type"] != "http":
@@ -162,7 +165,8 @@ class ProxyApp:
         prefix = match_route(scope["path"], list(routes))
         if prefix is None:
             raise RouteNotFoundError(f"no application serves the path {scope['path']!r}")
-        _, ingress = routes[prefix]
+        app_name, ingress = routes[prefix]
+        scope[ROUTE_KEY] = (prefix, app_name)  # for the metrics (_metrics.MetricsMiddleware)
         model_id = model_id_from_headers(scope.get("headers", []))
         body = await _read_body(receive, self._options.max_body_bytes)
         root_path = scope.get("root_path", "") + ("" if prefix == "/" else prefix.rstrip("/"))
@@ -203,6 +207,15 @@ class ProxyApp:
         elif path == "/-/routes":
             routes = {prefix: app for prefix, (app, _) in self._routes().items()}
             await _send_json(send, 200, routes)
+        elif path == "/-/metrics" and self.metrics is not None:
+            if not self._options.management_routes:
+                raise RouteNotFoundError("management over HTTP is switched off")
+            if not self._management_allowed(scope):
+                raise UnauthorizedError("this route needs 'Authorization: Bearer <token>'")
+            body, media = self.metrics()
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", media.encode()), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
         elif (path.startswith("/-/models") or path == "/-/artifacts") and self._models is not None:
             if not self._options.management_routes:
                 raise RouteNotFoundError("model management over HTTP is switched off")
