@@ -17,6 +17,8 @@ id keep the ``top_models`` busiest ids per deployment (``TopModels``) and fold t
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import glob
 import os
 import re
@@ -196,6 +198,78 @@ def exposition(directory: str) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+# ---- batching the per-request updates ------------------------------------------------------------
+
+# Per-request figures are gathered in memory and written to the files at most this often: a
+# write to a memory-mapped value costs microseconds (a lock, a pid check), a dict update
+# less than one. Ray Serve batches the same way (RAY_SERVE_METRICS_EXPORT_INTERVAL_MS).
+FLUSH_S = 0.25
+
+
+class _Batch:
+    """Counter increments, histogram observations and gauge values of one event loop, written
+    out on a timer armed by the first update after a flush."""
+
+    def __init__(self) -> None:
+        self._counts: dict[Any, float] = {}
+        self._observed: dict[Any, list[float]] = {}
+        self._gauges: dict[Any, float] = {}
+        self._armed = False
+
+    def inc(self, child: Any) -> None:
+        self._counts[child] = self._counts.get(child, 0) + 1
+        self._arm()
+
+    def observe(self, child: Any, value: float) -> None:
+        values = self._observed.get(child)
+        if values is None:
+            self._observed[child] = [value]
+        else:
+            values.append(value)
+        self._arm()
+
+    def set(self, child: Any, value: float) -> None:
+        self._gauges[child] = value
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._armed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()  # no loop to wait on: write now
+            return
+        self._armed = True
+        loop.call_later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        self._armed = False
+        counts, self._counts = self._counts, {}
+        observed, self._observed = self._observed, {}
+        gauges, self._gauges = self._gauges, {}
+        for child, amount in counts.items():
+            child.inc(amount)
+        for child, values in observed.items():
+            _observe_many(child, values)
+        for child, value in gauges.items():
+            child.set(value)
+
+
+def _observe_many(child: Any, values: list[float]) -> None:
+    """``child.observe`` for each value, with one write per bucket touched rather than two
+    per value. Uses the Histogram child's ``_sum``, ``_buckets`` and ``_upper_bounds`` of the
+    pinned prometheus-client (0.26); ``observe`` itself writes the same fields."""
+    bounds = child._upper_bounds
+    per_bucket: dict[int, int] = {}
+    for value in values:
+        i = bisect.bisect_left(bounds, value)
+        per_bucket[i] = per_bucket.get(i, 0) + 1
+    child._sum.inc(sum(values))
+    for i, n in per_bucket.items():
+        child._buckets[i].inc(n)
+
+
 # ---- the families -------------------------------------------------------------------------------
 
 
@@ -210,6 +284,7 @@ class Metrics:
         self.options = options
         # Children cached per label tuple: ``labels()`` costs more than the update itself.
         self._http_children: dict[tuple, tuple] = {}
+        self.batch = _Batch()  # the proxy's per-request updates (one loop per process)
         rep = ("deployment", "replica", "application")
         dep = ("deployment", "application")
 
@@ -327,10 +402,11 @@ class Metrics:
             )
             if len(self._http_children) < 10_000:
                 self._http_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds * 1000)
+        batch = self.batch
+        batch.inc(children[0])
+        batch.observe(children[1], seconds * 1000)
         if children[2] is not None:
-            children[2].inc()
+            batch.inc(children[2])
 
 
 class _CacheRecorder:
@@ -435,12 +511,13 @@ class ReplicaRecorder:
         self._labels = (deployment.name, replica, deployment.app)
         self._processing = metrics.processing.labels(*self._labels)
         self._by_route: dict[str, tuple[Any, Any]] = {}
+        self._batch = _Batch()  # updates from the user loop
 
     def started(self) -> None:
         self._m.replica_starts.labels(*self._labels).inc()
 
     def ongoing(self, count: int) -> None:
-        self._processing.set(count)
+        self._batch.set(self._processing, count)
 
     def request(self, route: str, seconds: float, error: str | None) -> None:
         children = self._by_route.get(route)
@@ -451,8 +528,8 @@ class ReplicaRecorder:
             )
             if len(self._by_route) < 1000:
                 self._by_route[route] = children
-        children[0].inc()
-        children[1].observe(seconds * 1000)
+        self._batch.inc(children[0])
+        self._batch.observe(children[1], seconds * 1000)
         if error is not None:
             self._m.deployment_errors.labels(*self._labels, route, error).inc()
 

@@ -7,6 +7,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import modelplex as serve
 
+from ..conftest import wait_until
+
 H = "serve_multiplexed_model_id"
 
 
@@ -24,11 +26,18 @@ def test_driver_proxy_serves_the_replica_actors_metrics(serve_instance):
     serve.run(Models.bind())
     for i in range(12):
         assert requests.get(serve_instance.url, headers={H: str(i % 3)}).text == str(i % 3)
-    text = requests.get(f"{serve_instance.url}/-/metrics", timeout=10).text
-    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def scrape() -> list:
+        text = requests.get(f"{serve_instance.url}/-/metrics", timeout=10).text
+        return [s for f in text_string_to_metric_families(text) for s in f.samples]
 
     def total(name: str) -> float:
         return sum(s.value for s in samples if s.name == name)
+
+    # Per-request figures reach the files within _metrics.FLUSH_S.
+    samples = wait_until(lambda: (lambda got: got if sum(
+        s.value for s in got if s.name == "modelplex_deployment_request_counter_total") == 12
+        else None)(scrape()), timeout=10, message="the replicas' request counts never arrived")
 
     assert total("modelplex_multiplexed_get_model_requests_counter_total") == 12
     assert total("modelplex_multiplexed_cache_hits_total") + total(

@@ -95,6 +95,7 @@ async def test_recorders_write_what_the_parser_reads(tmp_path):
         metrics.router_events(deployment).placed("spill", True, True)
         metrics.http_request("/", "GET", "app", 200, 0.01)
         metrics.http_request("/", "BREW", "app", 500, 0.01)
+        metrics.batch.flush()  # per-request figures are batched (FLUSH_S)
         body, media = _metrics.exposition(directory)
     finally:
         _metrics.uninstall()
