@@ -374,3 +374,34 @@ class LoggingConfig:
                 )
             return cls(**{k: v for k, v in value.items() if k in known})
         raise TypeError(f"logging_config must be a dict or LoggingConfig, got {value!r}")
+
+
+METRICS_ENV = "MODELPLEX_METRICS"
+METRICS_TOP_MODELS_ENV = "MODELPLEX_METRICS_TOP_MODELS"
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Prometheus metrics (``MODELPLEX_METRICS=0`` switches them off) and how many model ids
+    per deployment keep a label of their own (``MODELPLEX_METRICS_TOP_MODELS``, default 50;
+    the rest are folded into ``__other__``). ``directory`` is the instance's metrics folder,
+    set by the driver at start."""
+
+    enabled: bool = True
+    top_models: int = 50
+    directory: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {self.enabled!r}")
+        _int("top_models", self.top_models, minimum=1)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "MetricsOptions":
+        raw = environ.get(METRICS_ENV, "1").strip().lower()
+        if raw not in ("0", "1", "false", "true", "off", "on", ""):
+            raise ValueError(f"{METRICS_ENV} must be 1 or 0, got {raw!r}")
+        top = environ.get(METRICS_TOP_MODELS_ENV, "").strip()
+        if top and (not top.isdigit() or int(top) < 1):
+            raise ValueError(f"{METRICS_TOP_MODELS_ENV} must be a whole number >= 1, got {top!r}")
+        return cls(raw not in ("0", "false", "off"), int(top) if top else 50)

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ._backends import Backend, ReplicaProcess
-from ._config import DeploymentConfig, LoggingConfig
+from ._config import DeploymentConfig, LoggingConfig, MetricsOptions
 from ._errors import ApplicationNotFoundError, DeploymentFailedError, ShuttingDownError
+from ._events import NO_CONTROLLER_EVENTS, ControllerEvents
 from ._messages import (
     DeploymentID,
     Ping,
@@ -153,8 +154,12 @@ class Controller:
         log_dir: str,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        events: ControllerEvents | None = None,
+        metrics: MetricsOptions | None = None,
     ) -> None:
         self._backend = backend
+        self._events = events if events is not None else NO_CONTROLLER_EVENTS
+        self._metrics = metrics  # handed to replicas: metrics on, and where they go
         self._secret = secret
         self._log_dir = log_dir
         self._policy = policy or Policy()
@@ -455,7 +460,7 @@ class Controller:
         if replica.phase is Phase.RUNNING:
             replica.phase, replica.since = Phase.STOPPING, self._clock()
             await self._publish(deployment)
-            await self._stop_replica(replica)
+            await self._stop_replica(replica, "downscale")
 
     async def _preload(self, keeper: _Replica, model_id: str) -> bool | str:
         self._preload_seq += 1
@@ -587,13 +592,17 @@ class Controller:
             stopping.append(replica)
         await self._publish(deployment)  # routers stop sending to them before they drain
         for replica in stopping:
-            self._spawn(self._stop_replica(replica))
+            self._spawn(self._stop_replica(replica, _stop_reason(deployment, replica)))
         if plan.failed:
             self._give_up(deployment)
             self._wake.set()
         for _ in range(plan.start):
             self._start_replica(deployment, now)
         self._check_waiters(deployment)
+        self._events.replicas_healthy(
+            deployment.id.name, deployment.id.app,
+            sum(r.phase is Phase.RUNNING for r in deployment.replicas.values()),
+        )
         return plan.wake_at
 
     def _check_waiters(self, deployment: _Deployment) -> None:
@@ -644,6 +653,7 @@ class Controller:
             ray_actor_options=config.ray_actor_options,
             cache_limits=self._cache_limits.get(deployment.id),
             logging_config=config.logging_config or LoggingConfig(),
+            metrics=self._metrics,
         )
         try:
             try:
@@ -704,11 +714,11 @@ class Controller:
                 replica.replica_id, self._clock() - started, where,
             )
 
-    async def _stop_replica(self, replica: _Replica) -> None:
+    async def _stop_replica(self, replica: _Replica, reason: str = "shutdown") -> None:
         timeout = replica.spec.config.graceful_shutdown_timeout_s
         if replica.control is not None and not replica.control.closed:
             try:
-                replica.control.send_nowait(StopReplica(timeout))
+                replica.control.send_nowait(StopReplica(timeout, reason))
                 await asyncio.wait_for(replica.stopped.wait(), timeout + 10.0)
             except (ConnectionClosed, asyncio.TimeoutError, OSError):
                 pass
@@ -823,6 +833,15 @@ class Controller:
 
 # What a replica is built from: a change to any of these needs new replicas.
 _REPLICA_FIELDS = ("max_ongoing_requests", "ray_actor_options", "logging_config")
+
+
+def _stop_reason(deployment: _Deployment, replica: _Replica) -> str:
+    """Why a replica stops, as its models' eviction metrics tell it."""
+    if deployment.removed:
+        return "shutdown"
+    if replica.code_version != deployment.code_version:
+        return "redeploy"
+    return "downscale"
 
 
 def _same_replicas(old: DeploymentSpec, new: DeploymentSpec) -> bool:

@@ -106,6 +106,7 @@ class ReplicaStartFailed:
 @dataclass(frozen=True)
 class StopReplica:
     timeout_s: float
+    reason: str = "shutdown"  # "redeploy", "downscale" or "shutdown": for the eviction metrics
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from ._http import request_from_scope
 from ._http_protocol import bounded_protocol, head_limit
 from ._management import ModelManager, check_limits, status_dicts
 from ._messages import DeploymentID, HTTPResult
+from ._metrics import ROUTE_KEY
 from ._model_ids import model_id_from_headers
 from ._router import RouterRegistry
 
@@ -90,6 +91,8 @@ class ProxyApp:
         self.access_log_for: Callable[[DeploymentID], bool] = lambda deployment_id: True
         # Set by the driver's runtime: GET /-/status, /-/dashboard, /-/events (_dashboard.py).
         self.observer: Any = None
+        # GET /-/metrics: this node's Prometheus text, as (body, content type); None: off.
+        self.metrics: Callable[[], tuple[bytes, str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.access_log or scope["type"] != "http" or scope["path"] == "/-/healthz":
@@ -170,6 +173,7 @@ class ProxyApp:
         if access is not None:
             access.application, access.deployment = app_name, str(ingress)
             access.quiet = not self.access_log_for(ingress)
+        scope[ROUTE_KEY] = (prefix, app_name)  # for the metrics (_metrics.MetricsMiddleware)
         model_id = model_id_from_headers(scope.get("headers", []))
         if access is not None:
             access.model_id = model_id
@@ -214,6 +218,15 @@ class ProxyApp:
         elif path == "/-/routes":
             routes = {prefix: app for prefix, (app, _) in self._routes().items()}
             await _send_json(send, 200, routes)
+        elif path == "/-/metrics" and self.metrics is not None:
+            if not self._options.management_routes:
+                raise RouteNotFoundError("management over HTTP is switched off")
+            if not self._management_allowed(scope):
+                raise UnauthorizedError("this route needs 'Authorization: Bearer <token>'")
+            body, media = self.metrics()
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", media.encode()), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
         elif (path.startswith("/-/models") or path == "/-/artifacts") and self._models is not None:
             if not self._options.management_routes:
                 raise RouteNotFoundError("model management over HTTP is switched off")

@@ -28,7 +28,7 @@ from typing import Any
 import cloudpickle
 from starlette.exceptions import HTTPException
 
-from . import _admin, _context, _multiplex
+from . import _admin, _context, _metrics, _multiplex
 from . import _disk_cache
 from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
@@ -71,8 +71,13 @@ _AWAITED_S = 0.2
 
 
 class Replica:
-    def __init__(self, spec: ReplicaSpec) -> None:
+    def __init__(self, spec: ReplicaSpec, metrics: _metrics.Metrics | None = None) -> None:
         self.spec = spec
+        self.metrics = metrics
+        self.recorder = (
+            metrics.replica(spec.deployment_id, spec.replica_id) if metrics
+            else _metrics.NoReplicaRecorder()
+        )
         self.replica_id = spec.replica_id
         self.deployment = str(spec.deployment_id)
         self.loop = asyncio.get_running_loop()
@@ -104,7 +109,8 @@ class Replica:
     async def run(self) -> None:
         _multiplex.install_replica_hooks(self._on_new_cache, self.user.loop)
         registry = RouterRegistry(
-            self.loop, RemoteDirectory(self.spec.controller_address, self.spec.secret), self.spec.secret
+            self.loop, RemoteDirectory(self.spec.controller_address, self.spec.secret), self.spec.secret,
+            events=self.metrics.router_events if self.metrics else None,
         )
         install_registry(registry)
         control = await connect(self.spec.controller_address, secret=self.spec.secret)
@@ -132,6 +138,7 @@ class Replica:
             return
         server = await start_server(self._greet, secret=self.spec.secret, host=self.spec.bind_host)
         await control.send(ReplicaReady(self.replica_id, server.address, os.getpid()))
+        self.recorder.started()
         logger.info("Replica %s ready at %s:%d.", self.replica_id, *server.address)
         try:
             while True:
@@ -141,7 +148,7 @@ class Replica:
                 elif isinstance(message, Preload):
                     asyncio.get_running_loop().create_task(self._preload(control, message))
                 elif isinstance(message, StopReplica):
-                    await self._stop(message.timeout_s)
+                    await self._stop(message.timeout_s, message.reason)
                     await self._on_user(self._close_connections())
                     await server.close()
                     await control.send(ReplicaStopped(self.replica_id))
@@ -165,7 +172,7 @@ class Replica:
         except ConnectionClosed:
             pass
 
-    async def _stop(self, timeout_s: float) -> None:
+    async def _stop(self, timeout_s: float, reason: str = "shutdown") -> None:
         """Finish the requests in flight, then unload every model (running their __del__)."""
         self.stopping = True
         try:
@@ -176,7 +183,7 @@ class Replica:
 
         async def close_all() -> None:
             for cache in caches:
-                await cache.close()
+                await cache.close(reason=reason)
             await close_filesystems()  # the store clients serve.fetch kept open on this loop
 
         await asyncio.wrap_future(self.user.submit(close_all()))
@@ -189,6 +196,8 @@ class Replica:
 
     def _on_new_cache(self, cache: ModelCache) -> None:
         self.caches.append(cache)
+        if self.metrics is not None:
+            cache.events = self.metrics.cache_events(self.spec.deployment_id, self.replica_id)
         if self.admin is not None:
             self.admin.apply_limits(cache)
         cache.on_change = self._models_changed  # called on the user loop
@@ -278,6 +287,7 @@ class Replica:
 
     def _dispatch(self, conn: Connection, call: Call) -> None:
         self.ongoing += 1
+        self.recorder.ongoing(self.ongoing)
         if call.model_id:
             self.wanted[call.model_id] = self.wanted.get(call.model_id, 0) + 1
         self.idle.clear()
@@ -291,6 +301,7 @@ class Replica:
     ) -> None:
         self.running.pop(key, None)
         self.ongoing -= 1
+        self.recorder.ongoing(self.ongoing)
         if call.model_id:
             _decrement(self.wanted, call.model_id)
         if self.ongoing == 0:
@@ -312,10 +323,13 @@ class Replica:
         token = _context.set_request(ctx)
         started = time.perf_counter()
         outcome = "CANCELLED"  # unless it returns or raises
+        error: str | None = "CancelledError"  # for the metrics, unless it returns
         try:
             if self.admin.handles(call.method):
                 args = pickle.loads(call.payload)[0] if call.payload else ()
-                return self._success(call, await self.admin.run(call.method, args))
+                value = await self.admin.run(call.method, args)
+                outcome, error = "OK", None
+                return self._success(call, value)
             method = getattr(self.instance, call.method, None)
             if method is None or not callable(method):
                 raise MethodNotFoundError(self.spec.deployment_id.name, call.method)
@@ -335,15 +349,15 @@ class Replica:
                 value = await value
             if call.http is not None:
                 value = await render(value)
-            outcome = "OK"
+            outcome, error = "OK", None
             return self._success(call, value)
         except HTTPException as exc:
-            outcome = str(exc.status_code)
+            outcome, error = str(exc.status_code), type(exc).__name__
             if call.http is None:
                 return _failure(call.request_id, exc, traceback.format_exc())
             return self._success(call, HTTPResult(*error_response(exc)))
         except Exception as exc:
-            outcome = str(_log_failure(exc))
+            outcome, error = str(_log_failure(exc)), type(exc).__name__
             return _failure(call.request_id, exc, traceback.format_exc())
         finally:
             if self.access_log and call.http is None and not self.admin.handles(call.method):
@@ -356,6 +370,8 @@ class Replica:
                 )
             ctx.release_all()
             _context.reset_request(token)
+            route = (call.http.scope.get("root_path") or "/") if call.http is not None else ""
+            self.recorder.request(route, time.perf_counter() - started, error)
 
     def _success(self, call: Call, value: Any) -> Result:
         try:
@@ -442,9 +458,10 @@ def run_replica(spec: ReplicaSpec) -> int:
         _disk_cache.configure(node_id=spec.node_id)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    found = _metrics.for_process(spec.metrics, spec.node_id)
 
     async def run() -> None:
-        await Replica(spec).run()
+        await Replica(spec, found[0] if found else None).run()
 
     try:
         loop.run_until_complete(run())
@@ -453,6 +470,8 @@ def run_replica(spec: ReplicaSpec) -> int:
         logger.exception("Replica %s crashed.", spec.replica_id)
         return 1
     finally:
+        if found is not None:
+            _metrics.process_ended(found[1])
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ._config import HTTPOptions, LoggingConfig
+from ._config import HTTPOptions, LoggingConfig, MetricsOptions
 from ._messages import DeploymentID
 
 
@@ -31,6 +31,9 @@ class ReplicaSpec:
     # disk cache directory. Empty: one directory for the machine.
     node_id: str = ""
     logging_config: LoggingConfig = LoggingConfig()
+    # Metrics on, with the instance's directory (``_metrics``): the replica writes under its
+    # node's folder there. None: metrics are off.
+    metrics: MetricsOptions | None = None
 
     def __repr__(self) -> str:  # never print the secret
         return f"ReplicaSpec(replica_id={self.replica_id!r})"
@@ -43,6 +46,8 @@ class ProxySpec:
     controller_address: tuple[str, int]
     secret: bytes
     http_options: HTTPOptions
+    metrics: MetricsOptions | None = None  # as ReplicaSpec's; the proxy serves its node's folder
+    node_id: str = ""  # set where the proxy runs: keys its node's metrics folder
 
     def __repr__(self) -> str:  # never print the secret
         return f"ProxySpec(controller_address={self.controller_address!r})"

@@ -33,6 +33,7 @@ from .._errors import (
     ShuttingDownError,
     UnserializableArgumentsError,
 )
+from .._events import NO_ROUTER_EVENTS, RouterEvents
 from .._messages import (
     Call,
     DeploymentID,
@@ -103,8 +104,10 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         default_load_cost_s: float = 1.0,
+        events: RouterEvents = NO_ROUTER_EVENTS,
     ) -> None:
         self.deployment_id = deployment_id
+        self._events = events
         self._directory = directory
         self._rng = rng or random.Random()
         self._clock = clock
@@ -306,6 +309,10 @@ class Router:
         assert view is not None and view.running is not None
         loads = view.reserve(model_id)
         self._count(model_id, loads)
+        duplicate = loads and any(
+            model_id in v.loaded for v in self._registry.routable() if v is not view
+        )
+        self._events.placed(choice.reason.value, loads, duplicate)
         return Slot(view, view.running, model_id, loads)
 
     async def _wait(self, model_id: str) -> Slot:
@@ -315,6 +322,7 @@ class Router:
         now = self._clock()
         loop = asyncio.get_running_loop()
         waiting, waited = self._queue.push(model_id, loop.create_future(), now)
+        self._events.queued(len(self._queue))
         self._accrue(model_id, waited, now)
         if len(self._queue) == 1 and self._registry.version >= 0 and not len(self._registry):
             self._send_report()  # none to serve it: ask for one at once
@@ -332,6 +340,7 @@ class Router:
             else:
                 now = self._clock()
                 self._accrue(model_id, self._queue.remove(waiting, now), now)
+                self._events.queued(len(self._queue))
             raise
 
     def _drain(self) -> None:
@@ -349,6 +358,7 @@ class Router:
                     return
         finally:
             groups.close()
+            self._events.queued(len(self._queue))
 
     def _place_group(self, group: Group, now: float) -> bool:
         """Place the group's requests in order while the policy allows; False once no replica
