@@ -327,6 +327,9 @@ class Replica:
             if call.http is None:
                 return _failure(call.request_id, exc, traceback.format_exc())
             return self._success(call, HTTPResult(*error_response(exc)))
+        except UnserializableResultError as exc:  # its message says it all; logged here alone
+            logger.error("Request failed: %s", exc)
+            return _failure(call.request_id, exc)
         except Exception as exc:
             logger.exception("Request failed: %s: %s", type(exc).__name__, exc)
             return _failure(call.request_id, exc, traceback.format_exc())
