@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 
 import pytest
 
@@ -74,10 +75,44 @@ EXPORTED = {
 }
 
 
+# Ray Serve's public modules, at the same paths (``from modelplex.handle import ...``).
+MODULES = {
+    "config": {"AutoscalingConfig", "HTTPOptions"},
+    "exceptions": {name for name in EXPORTED if name.endswith("Error")},
+    "handle": {"DeploymentHandle", "DeploymentResponse"},
+}
+
+
 def test_public_names_are_exactly_the_curated_ones():
     assert set(modelplex.__all__) == EXPORTED
     public = {name for name in vars(modelplex) if not name.startswith("_")}
-    assert public == EXPORTED
+    assert public == EXPORTED | set(MODULES)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_ray_module_paths_export_what_modelplex_has(module):
+    mod = importlib.import_module(f"modelplex.{module}")
+    assert set(mod.__all__) == MODULES[module]
+    assert {n for n in vars(mod) if not n.startswith("_")} == MODULES[module]
+    for name in MODULES[module]:  # the same objects as at the top level or in _config
+        same = getattr(modelplex, name) if hasattr(modelplex, name) else getattr(modelplex._config, name)
+        assert getattr(mod, name) is same
+
+
+def test_ray_style_imports():
+    from modelplex.config import AutoscalingConfig, HTTPOptions
+    from modelplex.exceptions import BackPressureError, ModelplexError
+    from modelplex.handle import DeploymentHandle, DeploymentResponse
+
+    assert issubclass(BackPressureError, ModelplexError)
+    assert DeploymentHandle is modelplex.DeploymentHandle
+    assert DeploymentResponse is modelplex.DeploymentResponse
+    assert modelplex.exceptions.BackPressureError is BackPressureError
+    config = modelplex.deployment(autoscaling_config=AutoscalingConfig(max_replicas=3))(
+        type("Model", (), {})
+    ).config
+    assert config.autoscaling_config.max_replicas == 3
+    assert HTTPOptions(port=1).port == 1
 
 
 def test_import_does_not_start_anything():
