@@ -277,3 +277,18 @@ def test_good_model_ids_and_headers():
     assert model_id_from_headers([(b"other", b"1")]) == ""
     with pytest.raises(serve.ModelIdError, match="UTF-8"):
         model_id_from_headers([(b"serve_multiplexed_model_id", b"\xff")])
+
+
+def test_lifecycle_options_as_ray_names_and_defaults_them():
+    config = DeploymentConfig(name="d")
+    assert (config.graceful_shutdown_wait_loop_s, config.graceful_shutdown_timeout_s) == (2.0, 20.0)
+    assert config.user_config is None
+    mine = {"a": [1, 2]}
+    dep = serve.deployment(user_config=mine, graceful_shutdown_wait_loop_s=0.5)(type("M", (), {}))
+    mine["a"].append(3)  # the deployment keeps what it was given
+    assert dep.config.user_config == {"a": [1, 2]}
+    assert dep.options(user_config={"b": 1}).config.user_config == {"b": 1}
+    with pytest.raises(ValueError, match="user_config is not JSON-serializable"):
+        DeploymentConfig(name="d", user_config={1, 2})
+    with pytest.raises(ValueError, match="graceful_shutdown_wait_loop_s must be > 0"):
+        DeploymentConfig(name="d", graceful_shutdown_wait_loop_s=0)
