@@ -146,6 +146,7 @@ class DeploymentFailedError(ModelplexError):
         self.deployment = deployment
         self.message = message
         self.traceback = traceback
+        self.action = action  # "start", or "reconfigure"
 
 
 class ModelIdError(ModelplexError, ValueError):

@@ -231,3 +231,15 @@ async def test_a_replica_whose_check_health_keeps_failing_is_replaced(world):
     await w.until(lambda: not sick.alive and len(w.backend.live()) == 1 and w.published() == 1)
     assert await sick.wait() == 0  # stopped (its requests finish), not killed (-9)
     assert w.max_live <= 2
+
+
+async def test_a_config_file_deploy_scales_and_reconfigures_in_place(world):
+    w = await world()
+    await w.deploy(configured({"threshold": 1}))
+    first = w.backend.live()
+    three = DeploymentSpec(
+        DeploymentConfig(name="d", num_replicas=3, user_config={"threshold": 2}), cloudpickle.dumps("v1")
+    )
+    await w.controller.deploy("app", "/", [three], "d", in_place=True)
+    assert set(first) < set(w.backend.live()) and len(w.backend.live()) == 3
+    assert all(r.user_config == {"threshold": 2} for r in w.backend.live())
