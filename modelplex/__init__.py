@@ -63,6 +63,7 @@ from ._errors import (
 )
 from ._handle import DeploymentHandle, DeploymentResponse
 from ._multiplex import multiplexed
+from . import config, exceptions, handle  # Ray's module paths: modelplex.handle, ...
 
 __version__ = "0.1.0"
 

@@ -7,7 +7,9 @@ surface at decoration or ``serve.start`` time rather than deep inside a replica.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -152,6 +154,9 @@ class DeploymentConfig:
     num_replicas: int = 1
     max_ongoing_requests: int = 5
     max_queued_requests: int = -1
+    # Ray's names and defaults: a stopping replica checks every wait_loop_s whether requests
+    # still run, and stops anyway after timeout_s.
+    graceful_shutdown_wait_loop_s: float = 2.0
     graceful_shutdown_timeout_s: float = 20.0
     health_check_period_s: float = 5.0
     health_check_timeout_s: float = 30.0
@@ -161,6 +166,8 @@ class DeploymentConfig:
     autoscaling_config: AutoscalingConfig | None = None
     # None: the instance's default (the config file's top-level logging_config, or Ray's).
     logging_config: "LoggingConfig | None" = None
+    # Handed to the user's reconfigure() on each replica; JSON-serializable, as in Ray.
+    user_config: Any = None
 
     def __post_init__(self) -> None:
         if self.logging_config is not None:
@@ -179,6 +186,7 @@ class DeploymentConfig:
             _int("num_replicas", self.num_replicas, minimum=1)
         _int("max_ongoing_requests", self.max_ongoing_requests, minimum=1)
         _int("max_queued_requests", self.max_queued_requests, minimum=0, allow_minus_one=True)
+        _positive_float("graceful_shutdown_wait_loop_s", self.graceful_shutdown_wait_loop_s)
         _positive_float("graceful_shutdown_timeout_s", self.graceful_shutdown_timeout_s)
         _positive_float("health_check_period_s", self.health_check_period_s)
         _positive_float("health_check_timeout_s", self.health_check_timeout_s)
@@ -186,6 +194,13 @@ class DeploymentConfig:
             _int("max_replicas_per_model", self.max_replicas_per_model, minimum=1)
         if self.ray_actor_options is not None:
             _check_ray_actor_options(self.ray_actor_options)
+        if self.user_config is not None:
+            try:
+                json.dumps(self.user_config)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"user_config is not JSON-serializable: {exc}") from None
+            # A copy: the caller's dict may change after deploy; the replicas' must not.
+            object.__setattr__(self, "user_config", copy.deepcopy(self.user_config))
 
     @property
     def initial_replicas(self) -> int:

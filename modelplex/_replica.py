@@ -53,6 +53,8 @@ from ._messages import (
     Pong,
     Preload,
     Preloaded,
+    Reconfigure,
+    Reconfigured,
     ReplicaReady,
     ReplicaStartFailed,
     ReplicaStopped,
@@ -128,6 +130,8 @@ class Replica:
                     admin.configure(*limits)
 
                 await asyncio.wrap_future(self.user.submit(configure()))
+            if self.spec.user_config is not None:  # before the first request, as in Ray
+                await self._on_user(self._apply_user_config(self.spec.user_config))
         except BaseException as exc:
             logger.exception("Replica %s failed to start.", self.replica_id)
             await control.send(
@@ -144,11 +148,16 @@ class Replica:
             while True:
                 message = await control.recv()
                 if isinstance(message, Ping):
-                    control.send_nowait(Pong(message.seq))
+                    if callable(getattr(self.instance, "check_health", None)):
+                        asyncio.get_running_loop().create_task(self._check_health(control, message))
+                    else:
+                        control.send_nowait(Pong(message.seq))
                 elif isinstance(message, Preload):
                     asyncio.get_running_loop().create_task(self._preload(control, message))
+                elif isinstance(message, Reconfigure):
+                    asyncio.get_running_loop().create_task(self._reconfigure(control, message))
                 elif isinstance(message, StopReplica):
-                    await self._stop(message.timeout_s, message.reason)
+                    await self._stop(message.timeout_s, message.wait_loop_s, message.reason)
                     await self._on_user(self._close_connections())
                     await server.close()
                     await control.send(ReplicaStopped(self.replica_id))
@@ -172,13 +181,68 @@ class Replica:
         except ConnectionClosed:
             pass
 
-    async def _stop(self, timeout_s: float, reason: str = "shutdown") -> None:
-        """Finish the requests in flight, then unload every model (running their __del__)."""
-        self.stopping = True
+    async def _check_health(self, control: Connection, ping: Ping) -> None:
+        """The user's ``check_health`` on the user loop, bounded by the health check timeout:
+        raising or running past it answers unhealthy."""
         try:
-            await self._on_user(asyncio.wait_for(self.idle.wait(), timeout_s))
+            await asyncio.wait_for(self._on_user(_call(self.instance.check_health)), ping.timeout_s)
+            pong = Pong(ping.seq)
         except asyncio.TimeoutError:
-            logger.warning("%d requests still running after %.1fs; stopping.", self.ongoing, timeout_s)
+            pong = Pong(ping.seq, False, f"check_health did not return within {ping.timeout_s:g}s")
+        except Exception as exc:
+            pong = Pong(ping.seq, False, f"{type(exc).__name__}: {exc}")
+        if not pong.healthy:
+            logger.warning("Health check failed: %s", pong.error)
+        try:
+            control.send_nowait(pong)
+        except ConnectionClosed:
+            pass
+
+    async def _reconfigure(self, control: Connection, message: Reconfigure) -> None:
+        """A new ``user_config`` for this running replica (its models stay loaded)."""
+        try:
+            await self._on_user(self._apply_user_config(message.user_config))
+            reply = Reconfigured(message.seq, True)
+        except Exception as exc:
+            logger.exception("reconfigure() failed; keeping the previous user_config.")
+            reply = Reconfigured(
+                message.seq, False, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+            )
+        try:
+            control.send_nowait(reply)
+        except ConnectionClosed:
+            pass
+
+    async def _apply_user_config(self, user_config: Any) -> None:
+        method = getattr(self.instance, "reconfigure", None)
+        if not callable(method):
+            raise ValueError(
+                f"user_config is set but deployment {self.spec.deployment_id.name!r} has no "
+                f"reconfigure() method"
+            )
+        await _call(method, user_config)
+
+    async def _stop(
+        self, timeout_s: float, wait_loop_s: float = 2.0, reason: str = "shutdown"
+    ) -> None:
+        """Finish the requests in flight, then unload every model (running their __del__).
+
+        Checks every ``wait_loop_s`` (and at once when the last one ends) whether requests
+        still run, for at most ``timeout_s``."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout_s
+        while self.ongoing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning("%d requests still running after %.1fs; stopping.", self.ongoing, timeout_s)
+                break
+            try:
+                await self._on_user(asyncio.wait_for(self.idle.wait(), min(wait_loop_s, remaining)))
+            except asyncio.TimeoutError:
+                logger.info(
+                    "Stopping: %d requests still running; waiting up to %.1fs more.",
+                    self.ongoing, max(0.0, deadline - time.monotonic()),
+                )
         caches = list(self.caches)
 
         async def close_all() -> None:
@@ -356,6 +420,9 @@ class Replica:
             if call.http is None:
                 return _failure(call.request_id, exc, traceback.format_exc())
             return self._success(call, HTTPResult(*error_response(exc)))
+        except UnserializableResultError as exc:  # its message says it all; logged here alone
+            logger.error("Request failed: %s", exc)
+            return _failure(call.request_id, exc)
         except Exception as exc:
             outcome, error = str(_log_failure(exc)), type(exc).__name__
             return _failure(call.request_id, exc, traceback.format_exc())
@@ -411,6 +478,17 @@ def _failure(request_id: int, exc: BaseException, tb: str = "") -> Result:
     except Exception:
         payload = cloudpickle.dumps(RemoteError(type(exc).__qualname__, str(exc), tb))
     return Result(request_id, False, payload, tb)
+
+
+async def _call(method: Any, *args: Any) -> Any:
+    """A lifecycle method of the user's (reconfigure, check_health), sync or async; on the user
+    loop, a sync one in a thread as requests' sync methods are."""
+    if inspect.iscoroutinefunction(method):
+        return await method(*args)
+    value = await asyncio.to_thread(method, *args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 async def _construct(cls: type, args: tuple, kwargs: dict) -> Any:

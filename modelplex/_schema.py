@@ -161,14 +161,13 @@ class DeploymentSchema(_Schema):
     # modelplex's own: the cache size of the deployment's @serve.multiplexed loader, applied
     # to running replicas as serve.configure_multiplexing does.
     max_num_models_per_replica: int | None = None
+    # Handed to reconfigure(); a change of it alone is applied to the running replicas.
+    user_config: Any = None
+    graceful_shutdown_wait_loop_s: float | None = None
+    graceful_shutdown_timeout_s: float | None = None
+    health_check_period_s: float | None = None
+    health_check_timeout_s: float | None = None
 
-    user_config: _unsupported(
-        "modelplex has no reconfigure() yet; pass settings through the application's args"
-    ) = None
-    graceful_shutdown_wait_loop_s: _unsupported("graceful_shutdown_wait_loop_s") = None
-    graceful_shutdown_timeout_s: _unsupported("set it in @serve.deployment") = None
-    health_check_period_s: _unsupported("set it in @serve.deployment") = None
-    health_check_timeout_s: _unsupported("set it in @serve.deployment") = None
     placement_group_bundles: _unsupported("placement groups") = None
     placement_group_strategy: _unsupported("placement groups") = None
     max_replicas_per_node: _unsupported("max_replicas_per_node") = None

@@ -27,6 +27,7 @@ class ReplicaSpec:
     cwd: str = ""
     ray_actor_options: Mapping[str, Any] | None = None
     cache_limits: tuple | None = None  # (max models, max bytes) set at run time
+    user_config: Any = None  # the deployment's current one: reconfigure() gets it before requests
     # Set by a backend that may put several nodes on one filesystem (Ray): keys the node's
     # disk cache directory. Empty: one directory for the machine.
     node_id: str = ""
