@@ -21,6 +21,7 @@ from ._api import (
     unpin_model,
 )
 from ._specs import ProxyInfo
+from ._batch import batch
 from ._config import HTTPOptions
 from ._context import get_multiplexed_model_id
 from ._fetch import fetch
@@ -105,6 +106,7 @@ __all__ = [
     "UnauthorizedError",
     "UnserializableArgumentsError",
     "UnserializableResultError",
+    "batch",
     "configure_multiplexing",
     "delete",
     "deployment",

@@ -55,6 +55,7 @@ EXPORTED = {
     "UnauthorizedError",
     "UnserializableArgumentsError",
     "UnserializableResultError",
+    "batch",
     "configure_multiplexing",
     "delete",
     "deployment",
