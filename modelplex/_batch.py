@@ -256,8 +256,11 @@ class _Batcher:
         self._func = func
         self._owner = owner
         self._kind = _kind(func)
-        size_of = None if size_fn is None else (lambda calls: size_fn([c.first_arg() for c in calls]))
-        self._queues: BatchQueues[_Call] = BatchQueues(settings, alive=_Call.alive, size_of=size_of)
+        size_of = None
+        if size_fn is not None:
+            size_of = lambda calls: size_fn([c.first_arg() for c in calls])  # noqa: E731
+        self._queues: BatchQueues[_Call] = BatchQueues(settings, alive=_Call.alive,
+                                                      size_of=size_of)
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
         self._pump_soon = False
@@ -468,11 +471,12 @@ def batch(
             wrapper = batch_wrapper
 
         # As in Ray: reachable from an instance, ``self.method.set_max_batch_size(4)``.
-        wrapper.set_max_batch_size = settings.set_max_batch_size  # type: ignore[attr-defined]
-        wrapper.set_batch_wait_timeout_s = settings.set_batch_wait_timeout_s  # type: ignore[attr-defined]
-        wrapper._get_max_batch_size = lambda: settings.max_batch_size  # type: ignore[attr-defined]
-        wrapper._get_batch_wait_timeout_s = lambda: settings.batch_wait_timeout_s  # type: ignore[attr-defined]
-        wrapper._modelplex_batch_settings = settings  # type: ignore[attr-defined]
+        target: Any = wrapper
+        target.set_max_batch_size = settings.set_max_batch_size
+        target.set_batch_wait_timeout_s = settings.set_batch_wait_timeout_s
+        target._get_max_batch_size = lambda: settings.max_batch_size
+        target._get_batch_wait_timeout_s = lambda: settings.batch_wait_timeout_s
+        target._modelplex_batch_settings = settings
         return wrapper
 
     return decorate(_func) if _func is not None else decorate
