@@ -22,6 +22,7 @@ from ._api import (
     unpin_model,
 )
 from ._specs import ProxyInfo
+from ._batch import batch
 from ._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
 from ._config import HTTPOptions
 from ._context import get_multiplexed_model_id
@@ -112,6 +113,7 @@ __all__ = [
     "UnauthorizedError",
     "UnserializableArgumentsError",
     "UnserializableResultError",
+    "batch",
     "configure_multiplexing",
     "delete",
     "deployment",

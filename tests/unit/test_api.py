@@ -60,6 +60,7 @@ EXPORTED = {
     "UnauthorizedError",
     "UnserializableArgumentsError",
     "UnserializableResultError",
+    "batch",
     "configure_multiplexing",
     "delete",
     "deployment",
