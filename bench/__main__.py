@@ -13,6 +13,7 @@ line; everything goes to ``bench/results/<timestamp>.json``, and a summary is pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -63,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     add("--only", choices=("trace", "overhead", "sweep"), help="run this section alone")
     add("--rounds", type=int, default=1,
         help="no-op overhead: run every system this many times, interleaved (default 1)")
+    add("--metrics-cost", action="store_true",
+        help="no-op overhead: also run modelplex with metrics off (MODELPLEX_METRICS=0)")
     add("--baseline", metavar="CHECKOUT",
         help="also run modelplex from another checkout (e.g. a worktree of an older commit)")
     add("--quick", action="store_true", help="small settings: a smoke test in under a minute")
@@ -234,6 +237,9 @@ def overhead(args: argparse.Namespace, bench: Bench, targets: list[Target]) -> N
     """
     max_ongoing = max(ints(args.max_ongoing))
     systems = [t for t in targets if t.policy is None]  # the eviction policy plays no part
+    if args.metrics_cost:  # each modelplex target right after itself with metrics off
+        systems = [v for t in systems for v in (
+            (t, dataclasses.replace(t, metrics=False)) if t.system == "modelplex" else (t,))]
     for round_ in range(args.rounds):
         for target in systems + [Target("uvicorn")]:
             via = ("http",) if target.system == "uvicorn" else ("http", "handle")

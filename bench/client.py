@@ -44,6 +44,7 @@ def summarize(latencies_s: list[float], errors: Counter, elapsed_s: float,
     """The figures of one run; ``errors`` maps a cause to how often it happened."""
     ms = sorted(x * 1000 for x in latencies_s)
     pids = Counter(str(b.get("pid")) for b in bodies if "pid" in b)
+    batches = {b["batch"] for b in bodies if "batch" in b}  # bench.batching's answers
     return {
         "requests": len(ms),
         "ok": len(ms) - sum(errors.values()),
@@ -57,6 +58,8 @@ def summarize(latencies_s: list[float], errors: Counter, elapsed_s: float,
         "max_ms": round(ms[-1], 2) if ms else 0.0,
         "uses_after_evict": sum(1 for b in bodies if b.get("used_after_evict")),
         "requests_per_replica": sorted(pids.values()),
+        "mean_batch_size": round(sum("batch" in b for b in bodies) / len(batches), 2)
+        if batches else None,
     }
 
 

@@ -36,6 +36,10 @@ def build(serve: Any, config: dict) -> Any:
         return storage_app(serve, **config["app_kwargs"])
     if config["app"] == "autoscale":
         return autoscale_app(serve, **config["app_kwargs"])
+    if config["app"] == "batched":
+        from .batching import batched_app
+
+        return batched_app(serve, **config["app_kwargs"])
     return multiplexed_app(serve, **config["app_kwargs"])
 
 

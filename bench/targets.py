@@ -32,13 +32,15 @@ class Target:
     backend: str = "local"  # modelplex only: "local" or "ray"
     policy: str | None = None  # modelplex only: eviction_policy, None = the default (LRU)
     root: str | None = None  # modelplex only: another checkout to run (``--baseline``)
+    metrics: bool = True  # modelplex only: False runs it with MODELPLEX_METRICS=0
 
     @property
     def label(self) -> str:
         if self.system == "modelplex":
             base = " (baseline)" if self.root else ""
             policy = f" {self.policy}" if self.policy else " lru"
-            return f"modelplex[{self.backend}]{base}{policy}"
+            off = " metrics off" if not self.metrics else ""
+            return f"modelplex[{self.backend}]{base}{policy}{off}"
         return "Ray Serve lru" if self.system == "ray" else self.system
 
 
@@ -104,6 +106,8 @@ class Server:
         root = target.root or ROOT
         env = dict(os.environ, PYTHONPATH=root, RAY_USAGE_STATS_ENABLED="0",
                    RAY_SERVE_LOG_TO_STDERR="0")
+        if not target.metrics:
+            env["MODELPLEX_METRICS"] = "0"
         self._log = open(log_path, "a")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "bench.driver", json.dumps(config)],

@@ -1,8 +1,9 @@
 """The quick-start demo: the seed's multiplexed deployment serving real requests on :8000.
 
-It writes a few model files, serves ``ModelInferencer`` with two replicas, sends requests for
-models 1..4 (watch the ``Loading model`` and ``Unloading model`` lines) and keeps serving until
-Ctrl-C. ``--once`` stops after the scripted requests.
+It writes seven model files, serves ``ModelInferencer`` with two replicas of three model slots
+each, sends requests for models 1..7 and 1 again (seven models do not fit in six slots: watch
+the ``Loading model`` and ``Unloading model`` lines) and keeps serving until Ctrl-C. ``--once``
+stops after the scripted requests.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from inferencer import ModelInferencer  # noqa: E402
 from make_models import make_models  # noqa: E402
 
 
+MODELS = 7  # more than the 2 replicas x 3 slots (max_num_models_per_replica) hold
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--once", action="store_true", help="exit after the scripted requests")
     args = parser.parse_args()
 
-    root = make_models(tempfile.mkdtemp(prefix="modelplex-models-"), count=4)
+    root = make_models(tempfile.mkdtemp(prefix="modelplex-models-"), count=MODELS)
     try:
         serve_demo(root, args)
     finally:
@@ -41,7 +45,7 @@ def serve_demo(root, args) -> None:
     app = ModelInferencer.options(num_replicas=2).bind(str(root))
     serve.run(app)
     url = f"http://127.0.0.1:{args.port}/"
-    for model_id in ["1", "2", "3", "1", "4", "2"]:
+    for model_id in [*map(str, range(1, MODELS + 1)), "1"]:
         resp = requests.get(url, headers={"serve_multiplexed_model_id": model_id}, timeout=30)
         print(f"model {model_id}: HTTP {resp.status_code} {resp.text}", flush=True)
     if args.once:

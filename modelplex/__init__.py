@@ -22,6 +22,7 @@ from ._api import (
     unpin_model,
 )
 from ._specs import ProxyInfo
+from ._batch import batch
 from ._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
 from ._config import HTTPOptions
 from ._context import get_multiplexed_model_id
@@ -63,6 +64,7 @@ from ._errors import (
 )
 from ._handle import DeploymentHandle, DeploymentResponse
 from ._multiplex import multiplexed
+from . import config, exceptions, handle  # Ray's module paths: modelplex.handle, ...
 
 __version__ = "0.1.0"
 
@@ -111,6 +113,7 @@ __all__ = [
     "UnauthorizedError",
     "UnserializableArgumentsError",
     "UnserializableResultError",
+    "batch",
     "configure_multiplexing",
     "delete",
     "deployment",

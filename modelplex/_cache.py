@@ -39,6 +39,7 @@ from ._errors import (
     ModelLoadTimeoutError,
     ModelTooLargeError,
 )
+from ._events import NO_CACHE_EVENTS, CacheEvents
 from ._eviction import AdmissionPolicy, EntryView, EvictionPolicy, LRUPolicy, default_model_size
 
 __all__ = ["ModelCache", "ModelInfo", "ModelsSnapshot"]
@@ -184,6 +185,7 @@ class ModelCache:
         on_change: Callable[[], None] | None = None,
         wanted: Callable[[], frozenset[str]] | None = None,
         on_unloaded: Callable[[str], None] | None = None,
+        events: CacheEvents | None = None,
     ) -> None:
         if not callable(loader):
             raise TypeError(f"loader must be callable, got {loader!r}")
@@ -206,6 +208,8 @@ class ModelCache:
         # the models that requests already on their way here will ask for.
         self.on_change = on_change
         self.wanted = wanted
+        # Told what happens (metrics): installed by the replica, a no-op by default.
+        self.events: CacheEvents = events if events is not None else NO_CACHE_EVENTS
         # Told when a loaded model has left memory (its ``__del__`` ran), so the disk tier
         # knows its artifacts are no longer held.
         self._on_unloaded = on_unloaded
@@ -274,12 +278,15 @@ class ModelCache:
         entry = self._loaded.get(model_id)
         if entry is not None:
             self._touch(entry)
+            self.events.requested(model_id, True)
             return entry.model, self._hold(entry)
         entry = self._draining.get(model_id)
         if entry is not None:
             release = self._hold(entry)
+            self.events.requested(model_id, True)
             self._resurrect(entry)
             return entry.model, release
+        self.events.requested(model_id, False)
         entry = self._loading.get(model_id)
         if entry is None:
             self._failures.check(model_id, self._clock())
@@ -357,6 +364,7 @@ class ModelCache:
         entry.last_used = self._clock()
         entry.hits += 1
         self._logger.debug("Model '%s' was evicted but still in use; keeping it.", entry.model_id)
+        self.events.kept(entry.model_id)
         self._enforce_with(entry.model_id)
         self._notify()
 
@@ -380,6 +388,7 @@ class ModelCache:
             model = await self._call_loader(model_id)
         except Exception as exc:
             self._logger.exception("Failed to load model '%s'.", model_id)
+            self.events.load_failed(model_id, isinstance(exc, ModelLoadTimeoutError))
             self._failures.record(model_id, exc, self._clock())
             self._forget_loading(entry)
             raise
@@ -462,6 +471,7 @@ class ModelCache:
         entry.last_used = self._clock()
         entry.state = _LOADED
         self._loaded[entry.model_id] = entry
+        self.events.loaded(entry.model_id, load_s)
         self._enforce_with(entry.model_id)
         self._notify()
 
@@ -532,11 +542,13 @@ class ModelCache:
                         "Model '%s' is requested less often than the models cached; not "
                         "keeping it after its requests (%d in use).", model_id, entry.refs,
                     )
-                self._evict(entry)
+                over_count = self._max_models != -1 and len(self._loaded) > self._max_models
+                self._evict(entry, "lru" if over_count else "bytes")
 
-    def _evict(self, entry: _Entry) -> asyncio.Task | None:
+    def _evict(self, entry: _Entry, reason: str) -> asyncio.Task | None:
         """Out of the index now; unloaded now, or when the last request lets go."""
         del self._loaded[entry.model_id]
+        self.events.evicted(entry.model_id, reason)
         if entry.refs == 0:
             return self._begin_unload(entry)
         entry.state = _DRAINING
@@ -571,6 +583,7 @@ class ModelCache:
                 except Exception:
                     self._logger.exception("The model cache's on_unloaded callback failed.")
         elapsed_ms = (self._clock() - start) * 1000
+        self.events.unloaded(model_id, elapsed_ms / 1000)
         self._logger.info("Successfully unloaded model '%s' in %.1fms.", model_id, elapsed_ms)
 
     async def _finalize(self, model: Any) -> None:
@@ -633,7 +646,7 @@ class ModelCache:
         entry = self._loaded.get(model_id)
         if entry is None:
             return False
-        task = self._evict(entry)
+        task = self._evict(entry, "unload_api")
         self._notify()
         if task is not None:
             await asyncio.shield(task)
@@ -655,9 +668,10 @@ class ModelCache:
         while self._unloads:
             await asyncio.gather(*list(self._unloads), return_exceptions=True)
 
-    async def close(self, timeout_s: float = 30.0) -> None:
+    async def close(self, timeout_s: float = 30.0, reason: str = "shutdown") -> None:
         """Unload everything; wait up to ``timeout_s`` for models still in use, then unload
-        them anyway. Loads in flight are cancelled; their waiters get RuntimeError."""
+        them anyway. Loads in flight are cancelled; their waiters get RuntimeError.
+        ``reason`` is why the replica stops, as the eviction metrics tell it."""
         self._closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -669,7 +683,7 @@ class ModelCache:
         for task in loads:
             task.cancel()
         for entry in list(self._loaded.values()):
-            self._evict(entry)
+            self._evict(entry, reason)
         if changed:
             self._notify()
         if loads:
@@ -692,6 +706,7 @@ class ModelCache:
     # ---- plumbing ------------------------------------------------------------------------
 
     def _notify(self) -> None:
+        self.events.holds(len(self._loaded), self.total_bytes)
         callback = self.on_change
         if callback is None:
             return

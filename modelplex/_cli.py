@@ -190,6 +190,10 @@ def _build(args: argparse.Namespace) -> int:
             entry["max_queued_requests"] = config.max_queued_requests
             if config.ray_actor_options:
                 entry["ray_actor_options"] = dict(config.ray_actor_options)
+            if config.logging_config is not None:
+                logs = _asdict(config.logging_config)
+                logs["additional_log_standard_attrs"] = list(logs["additional_log_standard_attrs"])
+                entry["logging_config"] = logs
             limit = _loader_limit(cloudpickle.loads(spec.payload)[0])
             if limit is not None:
                 entry["max_num_models_per_replica"] = limit

@@ -7,7 +7,10 @@ surface at decoration or ``serve.start`` time rather than deep inside a replica.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -151,6 +154,9 @@ class DeploymentConfig:
     num_replicas: int = 1
     max_ongoing_requests: int = 5
     max_queued_requests: int = -1
+    # Ray's names and defaults: a stopping replica checks every wait_loop_s whether requests
+    # still run, and stops anyway after timeout_s.
+    graceful_shutdown_wait_loop_s: float = 2.0
     graceful_shutdown_timeout_s: float = 20.0
     health_check_period_s: float = 5.0
     health_check_timeout_s: float = 30.0
@@ -158,8 +164,14 @@ class DeploymentConfig:
     ray_actor_options: Mapping[str, Any] | None = None
     # With it, num_replicas is only where the count starts ("auto": Ray's defaults).
     autoscaling_config: AutoscalingConfig | None = None
+    # None: the instance's default (the config file's top-level logging_config, or Ray's).
+    logging_config: "LoggingConfig | None" = None
+    # Handed to the user's reconfigure() on each replica; JSON-serializable, as in Ray.
+    user_config: Any = None
 
     def __post_init__(self) -> None:
+        if self.logging_config is not None:
+            object.__setattr__(self, "logging_config", LoggingConfig.from_value(self.logging_config))
         if self.num_replicas == "auto":
             object.__setattr__(self, "autoscaling_config", AutoscalingConfig.auto(self.autoscaling_config))
         elif self.autoscaling_config is not None:
@@ -174,6 +186,7 @@ class DeploymentConfig:
             _int("num_replicas", self.num_replicas, minimum=1)
         _int("max_ongoing_requests", self.max_ongoing_requests, minimum=1)
         _int("max_queued_requests", self.max_queued_requests, minimum=0, allow_minus_one=True)
+        _positive_float("graceful_shutdown_wait_loop_s", self.graceful_shutdown_wait_loop_s)
         _positive_float("graceful_shutdown_timeout_s", self.graceful_shutdown_timeout_s)
         _positive_float("health_check_period_s", self.health_check_period_s)
         _positive_float("health_check_timeout_s", self.health_check_timeout_s)
@@ -181,6 +194,13 @@ class DeploymentConfig:
             _int("max_replicas_per_model", self.max_replicas_per_model, minimum=1)
         if self.ray_actor_options is not None:
             _check_ray_actor_options(self.ray_actor_options)
+        if self.user_config is not None:
+            try:
+                json.dumps(self.user_config)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"user_config is not JSON-serializable: {exc}") from None
+            # A copy: the caller's dict may change after deploy; the replicas' must not.
+            object.__setattr__(self, "user_config", copy.deepcopy(self.user_config))
 
     @property
     def initial_replicas(self) -> int:
@@ -298,3 +318,105 @@ class LogOptions:
         if not raw.isdigit() or int(raw) < 1:
             raise ValueError(f"{LOG_RUNS_ENV} must be a whole number >= 1, got {raw!r}")
         return cls(int(raw))
+
+
+LOG_ENCODINGS = ("TEXT", "JSON")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The LogRecord attributes additional_log_standard_attrs may name (Ray's list).
+LOG_RECORD_ATTRS = frozenset({
+    "args", "asctime", "created", "exc_info", "exc_text", "filename", "funcName", "levelname",
+    "levelno", "lineno", "message", "module", "msecs", "msg", "name", "pathname", "process",
+    "processName", "relativeCreated", "stack_info", "thread", "threadName", "taskName",
+})
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Ray Serve 2.60's ``logging_config``, but ``logs_dir`` (logs go to the run's folder).
+
+    ``encoding`` "TEXT" or "JSON" (one object per line); ``log_level`` for the replica's
+    loggers (a name or its number); ``enable_access_log`` the per-request lines;
+    ``additional_log_standard_attrs`` LogRecord attributes added to every line."""
+
+    encoding: str = "TEXT"
+    log_level: str = "INFO"
+    enable_access_log: bool = True
+    additional_log_standard_attrs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.encoding not in LOG_ENCODINGS:
+            raise ValueError(f"encoding must be 'TEXT' or 'JSON', got {self.encoding!r}")
+        level = self.log_level
+        if isinstance(level, int) and not isinstance(level, bool):
+            level = logging.getLevelName(level)
+        if level not in LOG_LEVELS:
+            raise ValueError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)} (or its number), "
+                f"got {self.log_level!r}"
+            )
+        object.__setattr__(self, "log_level", level)
+        if not isinstance(self.enable_access_log, bool):
+            raise TypeError(f"enable_access_log must be a bool, got {self.enable_access_log!r}")
+        attrs = self.additional_log_standard_attrs
+        if isinstance(attrs, str) or not isinstance(attrs, (list, tuple)):
+            raise TypeError(f"additional_log_standard_attrs must be a list, got {attrs!r}")
+        for attr in attrs:
+            if attr not in LOG_RECORD_ATTRS:
+                raise ValueError(
+                    f"additional_log_standard_attrs has an unknown attribute {attr!r}; "
+                    f"allowed: {', '.join(sorted(LOG_RECORD_ATTRS))}"
+                )
+        object.__setattr__(self, "additional_log_standard_attrs", tuple(dict.fromkeys(attrs)))
+
+    @classmethod
+    def from_value(cls, value: "LoggingConfig | Mapping[str, Any] | None") -> "LoggingConfig":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            if value.get("logs_dir") is not None:
+                raise ValueError(
+                    "logging_config['logs_dir'] is not supported yet: logs go to the run's "
+                    "folder under <tmp>/modelplex-logs"
+                )
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = set(value) - known - {"logs_dir"}
+            if unknown:
+                raise ValueError(
+                    f"logging_config has unknown key(s) {', '.join(map(repr, sorted(unknown)))}; "
+                    f"allowed: {', '.join(sorted(known))}"
+                )
+            return cls(**{k: v for k, v in value.items() if k in known})
+        raise TypeError(f"logging_config must be a dict or LoggingConfig, got {value!r}")
+
+
+METRICS_ENV = "MODELPLEX_METRICS"
+METRICS_TOP_MODELS_ENV = "MODELPLEX_METRICS_TOP_MODELS"
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Prometheus metrics (``MODELPLEX_METRICS=0`` switches them off) and how many model ids
+    per deployment keep a label of their own (``MODELPLEX_METRICS_TOP_MODELS``, default 50;
+    the rest are folded into ``__other__``). ``directory`` is the instance's metrics folder,
+    set by the driver at start."""
+
+    enabled: bool = True
+    top_models: int = 50
+    directory: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {self.enabled!r}")
+        _int("top_models", self.top_models, minimum=1)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "MetricsOptions":
+        raw = environ.get(METRICS_ENV, "1").strip().lower()
+        if raw not in ("0", "1", "false", "true", "off", "on", ""):
+            raise ValueError(f"{METRICS_ENV} must be 1 or 0, got {raw!r}")
+        top = environ.get(METRICS_TOP_MODELS_ENV, "").strip()
+        if top and (not top.isdigit() or int(top) < 1):
+            raise ValueError(f"{METRICS_TOP_MODELS_ENV} must be a whole number >= 1, got {top!r}")
+        return cls(raw not in ("0", "false", "off"), int(top) if top else 50)

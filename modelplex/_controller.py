@@ -23,14 +23,17 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ._backends import Backend, ReplicaProcess
-from ._config import DeploymentConfig
+from ._config import DeploymentConfig, LoggingConfig, MetricsOptions
 from ._errors import ApplicationNotFoundError, DeploymentFailedError, ShuttingDownError
+from ._events import NO_CONTROLLER_EVENTS, ControllerEvents
 from ._messages import (
     DeploymentID,
     Ping,
     Pong,
     Preload,
     Preloaded,
+    Reconfigure,
+    Reconfigured,
     ReplicaInfo,
     ReplicaReady,
     ReplicaSet,
@@ -55,6 +58,8 @@ _ROUTES_ACK_TIMEOUT_S = 5.0
 _LOOP_PERIOD_S = 1.0  # the loop looks again at least this often, events or not
 _AUTOSCALE_PERIOD_S = 0.5  # how often autoscaling deployments sample their load and decide
 _HANDOFF_TIMEOUT_S = 30.0  # a scale-down waits at most this long for survivors to preload
+_PONG_GRACE_S = 0.5  # beyond health_check_timeout_s, for the replica's answer to arrive
+_UNHEALTHY_AFTER = 3  # failed check_health calls in a row, as Ray's threshold
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,8 @@ class _Replica:
     retiring: bool = False  # handing its hot models to the survivors before it stops
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     pong: asyncio.Event = field(default_factory=asyncio.Event)
-    preloads: dict[int, asyncio.Future] = field(default_factory=dict)
+    last_pong: Pong | None = None
+    replies: dict[int, asyncio.Future] = field(default_factory=dict)  # Preload, Reconfigure by seq
 
     def observe(self) -> ReplicaObservation:
         return ReplicaObservation(self.replica_id, self.phase, self.code_version, self.since)
@@ -153,8 +159,12 @@ class Controller:
         log_dir: str,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        events: ControllerEvents | None = None,
+        metrics: MetricsOptions | None = None,
     ) -> None:
         self._backend = backend
+        self._events = events if events is not None else NO_CONTROLLER_EVENTS
+        self._metrics = metrics  # handed to replicas: metrics on, and where they go
         self._secret = secret
         self._log_dir = log_dir
         self._policy = policy or Policy()
@@ -275,15 +285,23 @@ class Controller:
                         f"route_prefix {route_prefix!r} is already used by application "
                         f"{other.name!r}"
                     )
-            changed = [
+            targets = [
                 self._set_target(DeploymentID(name, spec.config.name), spec, in_place)
                 for spec in specs
             ]
+            changed = [deployment for deployment, _ in targets]
+            kept = {deployment.id: old for deployment, old in targets if old is not None}
             try:
+                for deployment, old in targets:
+                    if old is not None and old.config.user_config != deployment.spec.config.user_config:
+                        await self._reconfigure(deployment, old)
                 await self._settle(changed)
             except BaseException:
                 for deployment in changed:
-                    self._roll_back(deployment)
+                    if deployment.id in kept:  # updated in place: back to the spec it had
+                        deployment.spec = kept[deployment.id]
+                    else:
+                        self._roll_back(deployment)
                 self._wake.set()
                 raise
             old = self._apps.get(name)
@@ -295,18 +313,28 @@ class Controller:
 
     def _set_target(
         self, deployment_id: DeploymentID, spec: DeploymentSpec, in_place: bool = False
-    ) -> _Deployment:
+    ) -> tuple[_Deployment, DeploymentSpec | None]:
         """A new deployment, or a new code version of one (the loop rolls it out), or, in
-        place, new counts and limits for the replicas it has."""
+        place, new counts, limits or ``user_config`` for the replicas it has. With the spec it
+        replaced when in place (None otherwise).
+
+        A change of ``user_config`` alone is in place even for ``serve.run`` (Ray starts new
+        replicas): the replicas keep their loaded models."""
         deployment = self._deployments.get(deployment_id)
         if (
-            in_place
-            and deployment is not None
+            deployment is not None
             and not deployment.removed
-            and _same_replicas(deployment.spec, spec)
+            and (
+                (in_place and _same_replicas(deployment.spec, spec))
+                or _only_user_config_changed(deployment.spec, spec)
+            )
         ):
-            deployment.spec = spec
-            return deployment
+            old, deployment.spec = deployment.spec, spec
+            if old.config.user_config == spec.config.user_config:
+                for replica in deployment.replicas.values():
+                    if replica.code_version == deployment.code_version:
+                        replica.spec = spec
+            return deployment, old
         self._cache_limits.pop(deployment_id, None)  # a redeploy starts from the code's limits
         if deployment is None:
             deployment = _Deployment(deployment_id, spec)
@@ -318,7 +346,7 @@ class Controller:
             deployment.code_version += 1
             deployment.removed = False
             deployment.history = History()
-        return deployment
+        return deployment, None
 
     def _roll_back(self, deployment: _Deployment) -> None:
         """A deploy failed or was cancelled: go back to the version that ran, or away."""
@@ -455,13 +483,13 @@ class Controller:
         if replica.phase is Phase.RUNNING:
             replica.phase, replica.since = Phase.STOPPING, self._clock()
             await self._publish(deployment)
-            await self._stop_replica(replica)
+            await self._stop_replica(replica, "downscale")
 
     async def _preload(self, keeper: _Replica, model_id: str) -> bool | str:
         self._preload_seq += 1
         seq = self._preload_seq
         future = asyncio.get_running_loop().create_future()
-        keeper.preloads[seq] = future
+        keeper.replies[seq] = future
         try:
             keeper.control.send_nowait(Preload(seq, model_id))
             reply = await asyncio.wait_for(future, _HANDOFF_TIMEOUT_S)
@@ -469,9 +497,15 @@ class Controller:
         except (ConnectionClosed, OSError, asyncio.TimeoutError) as exc:
             return f"{type(exc).__name__}: {exc}"
         finally:
-            keeper.preloads.pop(seq, None)
+            keeper.replies.pop(seq, None)
 
     # ---- replica sets ------------------------------------------------------------------------
+
+    def access_log(self, deployment_id: DeploymentID) -> bool:
+        """Whether the deployment's ``logging_config`` keeps its access lines (the proxy asks)."""
+        deployment = self._deployments.get(deployment_id)
+        logging_config = deployment.spec.config.logging_config if deployment else None
+        return logging_config is None or logging_config.enable_access_log
 
     def replica_set(self, deployment_id: DeploymentID) -> ReplicaSet:
         deployment = self._deployments.get(deployment_id)
@@ -581,13 +615,17 @@ class Controller:
             stopping.append(replica)
         await self._publish(deployment)  # routers stop sending to them before they drain
         for replica in stopping:
-            self._spawn(self._stop_replica(replica))
+            self._spawn(self._stop_replica(replica, _stop_reason(deployment, replica)))
         if plan.failed:
             self._give_up(deployment)
             self._wake.set()
         for _ in range(plan.start):
             self._start_replica(deployment, now)
         self._check_waiters(deployment)
+        self._events.replicas_healthy(
+            deployment.id.name, deployment.id.app,
+            sum(r.phase is Phase.RUNNING for r in deployment.replicas.values()),
+        )
         return plan.wake_at
 
     def _check_waiters(self, deployment: _Deployment) -> None:
@@ -637,6 +675,9 @@ class Controller:
             cwd=os.getcwd(),
             ray_actor_options=config.ray_actor_options,
             cache_limits=self._cache_limits.get(deployment.id),
+            logging_config=config.logging_config or LoggingConfig(),
+            metrics=self._metrics,
+            user_config=config.user_config,
         )
         try:
             try:
@@ -697,11 +738,14 @@ class Controller:
                 replica.replica_id, self._clock() - started, where,
             )
 
-    async def _stop_replica(self, replica: _Replica) -> None:
-        timeout = replica.spec.config.graceful_shutdown_timeout_s
+    async def _stop_replica(self, replica: _Replica, reason: str = "shutdown") -> None:
+        config = replica.spec.config
+        timeout = config.graceful_shutdown_timeout_s
         if replica.control is not None and not replica.control.closed:
             try:
-                replica.control.send_nowait(StopReplica(timeout))
+                replica.control.send_nowait(
+                    StopReplica(timeout, config.graceful_shutdown_wait_loop_s, reason)
+                )
                 await asyncio.wait_for(replica.stopped.wait(), timeout + 10.0)
             except (ConnectionClosed, asyncio.TimeoutError, OSError):
                 pass
@@ -762,14 +806,20 @@ class Controller:
         if replica.code_version == deployment.code_version:
             deployment.history = History(0, -float("inf"), deployment.history.healthy_once)
         self._wake.set()
-        self._spawn(self._health_check(replica))
+        self._spawn(self._health_check(deployment, replica))
+        if (
+            replica.code_version == deployment.code_version
+            and replica.spec.config.user_config != deployment.spec.config.user_config
+        ):  # it started while its deployment took a new user_config
+            self._spawn(self._catch_up(deployment, replica))
         # Keep the channel open: StopReplica and Ping go out on it; answers come back.
         while True:
             message = await conn.recv()
             if isinstance(message, Pong):
+                replica.last_pong = message
                 replica.pong.set()
-            elif isinstance(message, Preloaded):
-                future = replica.preloads.get(message.seq)
+            elif isinstance(message, (Preloaded, Reconfigured)):
+                future = replica.replies.get(message.seq)
                 if future is not None and not future.done():
                     future.set_result(message)
             elif isinstance(message, ReplicaStopped):
@@ -783,44 +833,141 @@ class Controller:
                 self._route_watchers[id(conn)] = version
             self._changed.notify_all()
 
-    async def _health_check(self, replica: _Replica) -> None:
+    async def _health_check(self, deployment: _Deployment, replica: _Replica) -> None:
         """Ping the replica's control loop; one that stops answering is killed and replaced.
 
         User code runs on another loop, so a slow model load never fails this check; only a
-        wedged process (stopped, deadlocked, a C call holding the GIL) does."""
-        config = replica.spec.config
-        seq = 0
+        wedged process (stopped, deadlocked, a C call holding the GIL) does. A user class with
+        ``check_health`` is asked too: after three failures in a row the replica stops (its
+        requests finish) and the loop starts a replacement, as Ray Serve does."""
+        seq = failures = 0
         while replica.phase is Phase.RUNNING and not replica.stopped.is_set():
+            config = replica.spec.config  # read each time: an in-place deploy may change it
             await asyncio.sleep(config.health_check_period_s)
             control = replica.control
             if replica.phase is not Phase.RUNNING or control is None or control.closed:
                 return
             seq += 1
             replica.pong.clear()
+            timeout = config.health_check_timeout_s
             try:
-                control.send_nowait(Ping(seq))
-                await asyncio.wait_for(replica.pong.wait(), config.health_check_timeout_s)
+                control.send_nowait(Ping(seq, timeout))
+                await asyncio.wait_for(replica.pong.wait(), timeout + _PONG_GRACE_S)
             except asyncio.TimeoutError:
                 if replica.phase is not Phase.RUNNING:
                     return
                 logger.error(
                     "Replica %s did not answer a health check within %.1fs; killing it.",
-                    replica.replica_id, config.health_check_timeout_s,
+                    replica.replica_id, timeout,
                 )
                 if replica.process is not None:
                     replica.process.kill()
                 return
             except (ConnectionClosed, OSError):
                 return
+            pong = replica.last_pong
+            failures = 0 if pong is None or pong.healthy else failures + 1
+            if failures and replica.phase is Phase.RUNNING:
+                logger.warning(
+                    "Replica %s failed its health check (%d in a row): %s",
+                    replica.replica_id, failures, pong.error,
+                )
+            if failures >= _UNHEALTHY_AFTER and replica.phase is Phase.RUNNING:
+                logger.error("Replica %s is unhealthy; replacing it.", replica.replica_id)
+                replica.phase, replica.since = Phase.STOPPING, self._clock()
+                await self._publish(deployment)
+                self._wake.set()
+                await self._stop_replica(replica)
+                return
 
+    # ---- user_config -------------------------------------------------------------------------
+
+    async def _reconfigure(self, deployment: _Deployment, old: DeploymentSpec) -> None:
+        """Hand the deployment's new ``user_config`` to each running replica and wait for all.
+
+        If one's ``reconfigure`` raises, those that took it get the old one back, the target
+        keeps the old spec (the caller restores it) and the deploy fails naming the error."""
+        new = deployment.spec
+        replicas = [
+            r for r in deployment.replicas.values()
+            if r.phase is Phase.RUNNING and r.code_version == deployment.code_version
+            and r.control is not None
+        ]
+        replies = await asyncio.gather(
+            *(self._ask_reconfigure(r, new.config.user_config) for r in replicas)
+        )
+        failed = [(r, reply) for r, reply in zip(replicas, replies) if not reply.ok]
+        if not failed:
+            for replica in replicas:
+                replica.spec = new
+            logger.info("%s: new user_config on %d replicas.", deployment.id, len(replicas))
+            return
+        took = [r for r, reply in zip(replicas, replies) if reply.ok]
+        await asyncio.gather(*(self._ask_reconfigure(r, old.config.user_config) for r in took))
+        replica, reply = failed[0]
+        error = DeploymentFailedError(
+            deployment.id.name, f"reconfigure() raised on replica {replica.replica_id}: {reply.error}",
+            reply.traceback, action="reconfigure",
+        )
+        logger.error("%s; the replicas keep the previous user_config.", str(error).splitlines()[0])
+        raise error
+
+    async def _catch_up(self, deployment: _Deployment, replica: _Replica) -> None:
+        new = deployment.spec
+        reply = await self._ask_reconfigure(replica, new.config.user_config)
+        if reply.ok:
+            replica.spec = new
+        else:
+            logger.error("Replica %s could not take the new user_config: %s", replica.replica_id, reply.error)
+
+    async def _ask_reconfigure(self, replica: _Replica, user_config: object) -> Reconfigured:
+        """One replica's answer; a replica that went away meanwhile counts as done (its
+        replacement starts with the deployment's current user_config)."""
+        self._preload_seq += 1
+        seq = self._preload_seq
+        future = asyncio.get_running_loop().create_future()
+        replica.replies[seq] = future
+        gone = asyncio.get_running_loop().create_task(replica.stopped.wait())
+        timeout = self._policy.start_timeout_s
+        try:
+            replica.control.send_nowait(Reconfigure(seq, user_config))
+            await asyncio.wait({future, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if future.done():
+                return future.result()
+            if gone.done():
+                return Reconfigured(seq, True)
+            return Reconfigured(seq, False, f"reconfigure() did not return within {timeout:g}s")
+        except (ConnectionClosed, OSError):
+            return Reconfigured(seq, True)
+        finally:
+            replica.replies.pop(seq, None)
+            future.cancel()
+            gone.cancel()
 
 # What a replica is built from: a change to any of these needs new replicas.
-_REPLICA_FIELDS = ("max_ongoing_requests", "ray_actor_options")
+_REPLICA_FIELDS = ("max_ongoing_requests", "ray_actor_options", "logging_config")
+
+
+def _stop_reason(deployment: _Deployment, replica: _Replica) -> str:
+    """Why a replica stops, as its models' eviction metrics tell it."""
+    if deployment.removed:
+        return "shutdown"
+    if replica.code_version != deployment.code_version:
+        return "redeploy"
+    return "downscale"
 
 
 def _same_replicas(old: DeploymentSpec, new: DeploymentSpec) -> bool:
     return old.payload == new.payload and all(
         getattr(old.config, f) == getattr(new.config, f) for f in _REPLICA_FIELDS
+    )
+
+
+def _only_user_config_changed(old: DeploymentSpec, new: DeploymentSpec) -> bool:
+    return (
+        old.payload == new.payload
+        and old.config.user_config != new.config.user_config
+        and old.config.replace(user_config=None) == new.config.replace(user_config=None)
     )
 
 

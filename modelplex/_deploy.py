@@ -12,6 +12,7 @@ override names) fails before anything changes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import cloudpickle
 
-from ._config import HTTPOptions
+from ._config import HTTPOptions, LoggingConfig
 from ._controller import DeploymentSpec
 from ._deployment import Application, Deployment
 from ._errors import ConfigError
@@ -138,10 +139,20 @@ def _loader_limit(cls: Any) -> int | None:
     return None
 
 
-def with_overrides(built: BuiltApp, entry: ApplicationSchema, where: str) -> list[DeploymentSpec]:
+def with_overrides(
+    built: BuiltApp, entry: ApplicationSchema, where: str,
+    default_logging: LoggingConfig | None = None,
+) -> list[DeploymentSpec]:
     """The built specs with the entry's ``deployments`` overrides, by name, through
-    ``Deployment.options`` (so a count ends autoscaling exactly as in code)."""
+    ``Deployment.options`` (so a count ends autoscaling exactly as in code). A deployment
+    whose code and entry set no ``logging_config`` takes ``default_logging`` (the top level's);
+    the keys an entry sets override the top level's."""
     specs = {spec.config.name: spec for spec in built.specs}
+    if default_logging is not None:
+        for name, spec in specs.items():
+            if spec.config.logging_config is None:
+                config = spec.config.replace(logging_config=default_logging)
+                specs[name] = DeploymentSpec(config, spec.payload)
     errors = []
     for i, override in enumerate(entry.deployments):
         spec = specs.get(override.name)
@@ -156,8 +167,14 @@ def with_overrides(built: BuiltApp, entry: ApplicationSchema, where: str) -> lis
                 f"{where}.deployments[{i}].max_num_models_per_replica: deployment "
                 f"{override.name!r} has no @serve.multiplexed loader"
             )
+        options = override.options()
+        if default_logging is not None and "logging_config" in options:
+            # The keys a deployment sets override the top level's, one by one.
+            options["logging_config"] = {
+                **dataclasses.asdict(default_logging), **options["logging_config"]
+            }
         try:
-            config = Deployment(object, spec.config).options(**override.options()).config
+            config = Deployment(object, spec.config).options(**options).config
         except (TypeError, ValueError) as exc:
             errors.append(f"{where}.deployments[{i}]: {exc}")
             continue
@@ -189,13 +206,14 @@ class ConfigDeployer:
         models: Any,
         http_options: HTTPOptions,
         on_shutdown: Callable[[], None],
-        set_access_log: Callable[[bool], None] = lambda on: None,
+        set_logging: Callable[[LoggingConfig], None] = lambda config: None,
     ) -> None:
         self._controller = controller
         self._models = models
         self._http_options = http_options
         self._on_shutdown = on_shutdown
-        self._set_access_log = set_access_log
+        self._set_logging = set_logging
+        self._logging: LoggingConfig | None = None  # the last config's top-level logging_config
         self._deployed: dict[str, _Deployed] = {}
         self._lock = asyncio.Lock()
 
@@ -209,6 +227,10 @@ class ConfigDeployer:
         async with self._lock:
             live = self._controller.app_names()
             steps = plan({n: d.entry for n, d in self._deployed.items()}, live, config)
+            default_logging = config.logging_config.config()
+            if self._logging is not None and default_logging != self._logging:
+                # A new default for every deployment: the applications kept are updated.
+                steps = dataclasses.replace(steps, keep=(), update=steps.update + steps.keep)
             entries = {a.name: (i, a) for i, a in enumerate(config.applications)}
             # Everything that can fail on the config's account, before anything changes.
             built: dict[str, BuiltApp] = {}
@@ -230,7 +252,7 @@ class ConfigDeployer:
             for name, app in built.items():
                 i, entry = entries[name]
                 try:
-                    specs[name] = with_overrides(app, entry, f"applications[{i}]")
+                    specs[name] = with_overrides(app, entry, f"applications[{i}]", default_logging)
                 except ConfigError as exc:
                     errors += exc.errors
             if errors:
@@ -284,8 +306,9 @@ class ConfigDeployer:
             await self._models.configure(entry.name, deployment, limit, None)
 
     def _apply_logging(self, config: DeploySchema) -> None:
-        logging.getLogger("modelplex").setLevel(config.logging_config.log_level)
-        self._set_access_log(config.logging_config.enable_access_log)
+        self._logging = config.logging_config.config()
+        logging.getLogger("modelplex").setLevel(self._logging.log_level)
+        self._set_logging(self._logging)
 
     def _http_warnings(self, config: DeploySchema) -> list[str]:
         """http_options only apply when an instance starts (as in Ray): say so if they differ."""

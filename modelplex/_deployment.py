@@ -83,12 +83,15 @@ def deployment(
     num_replicas: int | str | None = None,
     max_ongoing_requests: int | None = None,
     max_queued_requests: int | None = None,
+    user_config: Any = None,
+    graceful_shutdown_wait_loop_s: float | None = None,
     graceful_shutdown_timeout_s: float | None = None,
     health_check_period_s: float | None = None,
     health_check_timeout_s: float | None = None,
     max_replicas_per_model: int | None = None,
     ray_actor_options: dict | None = None,
     autoscaling_config: dict | None = None,
+    logging_config: dict | None = None,
 ) -> Any:
     """Turn a class or function into a deployment, bare (``@deployment``) or with options."""
     options = _drop_none(
@@ -96,12 +99,15 @@ def deployment(
             num_replicas=num_replicas,
             max_ongoing_requests=max_ongoing_requests,
             max_queued_requests=max_queued_requests,
+            user_config=user_config,
+            graceful_shutdown_wait_loop_s=graceful_shutdown_wait_loop_s,
             graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
             health_check_period_s=health_check_period_s,
             health_check_timeout_s=health_check_timeout_s,
             max_replicas_per_model=max_replicas_per_model,
             ray_actor_options=ray_actor_options,
             autoscaling_config=autoscaling_config,
+            logging_config=logging_config,
         )
     )
     _check_scaling(options)

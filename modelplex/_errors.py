@@ -1,7 +1,7 @@
 """The errors modelplex raises, in one small tree, and the one table mapping errors to HTTP.
 
     ModelplexError                      HTTP status (500 unless given)
-    ├── DeploymentFailedError           a replica's constructor raised; carries the traceback
+    ├── DeploymentFailedError           a replica's constructor (or reconfigure) raised; carries the traceback
     ├── ModelIdError (ValueError)       400: the model id is missing or malformed
     │   └── MissingModelIdError         400: a multiplexed loader was called without a model id
     ├── ModelLoadTimeoutError (TimeoutError)   504: the loader ran past its time limit
@@ -137,11 +137,16 @@ class ModelplexError(Exception):
 
 
 class DeploymentFailedError(ModelplexError):
-    def __init__(self, deployment: str, message: str, traceback: str = "") -> None:
-        super().__init__(f"Deployment '{deployment}' failed to start: {message}\n{traceback}".rstrip())
+    def __init__(
+        self, deployment: str, message: str, traceback: str = "", *, action: str = "start"
+    ) -> None:
+        super().__init__(
+            f"Deployment '{deployment}' failed to {action}: {message}\n{traceback}".rstrip()
+        )
         self.deployment = deployment
         self.message = message
         self.traceback = traceback
+        self.action = action  # "start", or "reconfigure"
 
 
 class ModelIdError(ModelplexError, ValueError):

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 from typing import Any, Generator
 
+from . import _context
 from ._aio import running_loop
 from ._errors import RequestTimeoutError
 from ._messages import DeploymentID
@@ -112,8 +113,10 @@ class DeploymentHandle:
             raise RuntimeError(
                 "no modelplex application is running in this process; call serve.run() first"
             )
+        ctx = _context.current_request()  # a call made while serving keeps the request's id
         coro = registry.router(self._id).call(
-            self._method, args, kwargs, model_id=self._model_id
+            self._method, args, kwargs, model_id=self._model_id,
+            trace_id=ctx.request_id if ctx is not None else "",
         )
         if running_loop() is registry.loop:
             return DeploymentResponse(registry.loop.create_task(coro))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 from starlette.requests import Request
@@ -72,7 +73,9 @@ def to_response(value: Any) -> Response:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return Response(bytes(value), media_type="application/octet-stream")
     try:
-        body = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        body = json.dumps(
+            value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_encode
+        )
     except (TypeError, ValueError) as exc:
         raise UnserializableResultError(
             f"cannot turn a return value of type {type(value).__qualname__} into an HTTP "
@@ -80,6 +83,28 @@ def to_response(value: Any) -> Response:
             f"({exc})"
         ) from None
     return Response(body, media_type=JSONResponse.media_type)
+
+
+def _encode(value: Any) -> Any:
+    """What ``json`` cannot encode itself, as Ray Serve's ``serve_encoders``: numpy arrays and
+    scalars, pandas frames, exceptions (their message). Neither library is imported here: a
+    value of their type exists only if the user's code imported them."""
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind == "f":
+                value = value.astype(float)
+            elif value.dtype.kind in "iu":
+                value = value.astype(int)
+            return value.tolist()
+        if isinstance(value, np.generic):
+            return value.item()
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(value, pd.DataFrame):
+        return value.to_dict(orient="records")
+    if isinstance(value, Exception):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__qualname__} is not JSON serializable")
 
 
 # Responses whose ASGI call only sends ``status_code``, ``raw_headers`` and ``body``.

@@ -1,65 +1,186 @@
-"""Replica log lines in the spirit of Ray Serve's:
+"""Log lines in the spirit of Ray Serve's, as TEXT or JSON (``LoggingConfig.encoding``).
 
-    INFO 2026-11-22 01:19:03,854 default_Model default_Model#EjYmnQ CUpzhwUUNw / _cache.py:131 - Loading model '1'.
+A replica's lines name the deployment, the replica, the request id and the route:
 
-deployment, replica id, request id and route come from the process and the request context.
+    INFO 2026-11-22 01:19:03,854 default_Model default_Model#EjYmnQ 4c1e0f9a2b / _cache.py:131 - Loading model '1'.
+
+The proxy's access line has the same fields, the replica that served the request among them,
+and the model id:
+
+    INFO 2026-11-22 01:19:03,861 default_Model default_Model#EjYmnQ 4c1e0f9a2b / _proxy.py:112 - GET / 200 7.9ms model_id=1
+
+As JSON, each line is one object with Ray's keys (``levelname``, ``asctime``, ``deployment``,
+``replica``, ``request_id``, ``route``, ``message``, ...), in the files and on the console
+alike. The driver's own lines, outside any request, keep ``INFO <time> modelplex <file> - ...``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from typing import Iterable
 
 from . import _context
+from ._config import LoggingConfig
 
-_FORMAT = (
-    "%(levelname)s %(asctime)s %(deployment)s %(replica)s %(request_id)s %(route)s "
-    "%(filename)s:%(lineno)d - %(message)s"
-)
+_PREFIX = "%(levelname)s %(asctime)s %(deployment)s %(replica)s %(request_id)s %(route)s "
+_DRIVER_PREFIX = "%(levelname)s %(asctime)s modelplex "
+_WHERE = "%(filename)s:%(lineno)d"
+_MESSAGE = " - %(message)s"
+
+# Context fields, in the order JSON lines list them; "-" or empty means absent.
+_CONTEXT = ("application", "deployment", "replica", "request_id", "route", "model_id")
+_ACCESS = ("method", "status", "latency_ms", "client")
+
+
+class TextFormatter(logging.Formatter):
+    """Lines with a request context as ``_PREFIX``, access lines with the model id after the
+    message, the driver's own lines as ``_DRIVER_PREFIX``; extra attributes before the message."""
+
+    def __init__(self, attrs: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._attrs = tuple(attrs)
+        where = _WHERE + "".join(f" %({a})s" for a in self._attrs)
+        self._plain = logging.Formatter(_DRIVER_PREFIX + where + _MESSAGE)
+        self._context = logging.Formatter(_PREFIX + where + _MESSAGE)
+        self._access = logging.Formatter(_PREFIX + where + _MESSAGE + " model_id=%(model_id)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        for attr in self._attrs:  # taskName, say, is not on every Python's records
+            if not hasattr(record, attr):
+                setattr(record, attr, None)
+        if getattr(record, "access", False):
+            return self._access.format(record)
+        if hasattr(record, "replica"):
+            return self._context.format(record)
+        return self._plain.format(record)
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; a traceback goes in ``exc_text``, never on lines of its own."""
+
+    def __init__(self, attrs: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._attrs = tuple(attrs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"asctime": self.formatTime(record), "levelname": record.levelname}
+        for key in _CONTEXT + _ACCESS:
+            value = getattr(record, key, None)
+            if value is not None and value != "-" and value != "":
+                out[key] = value
+        out["message"] = record.getMessage()
+        out["filename"] = record.filename
+        out["lineno"] = record.lineno
+        out["process"] = record.process
+        for attr in self._attrs:
+            out[attr] = getattr(record, attr, None)
+        if record.exc_info:
+            out["exc_text"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc_text"] = record.exc_text
+        if record.stack_info:
+            out["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str)
+
+
+def make_formatter(config: LoggingConfig) -> logging.Formatter:
+    attrs = config.additional_log_standard_attrs
+    return JSONFormatter(attrs) if config.encoding == "JSON" else TextFormatter(attrs)
 
 
 class _ReplicaFilter(logging.Filter):
-    def __init__(self, deployment: str, replica: str) -> None:
+    def __init__(self, application: str, deployment: str, replica: str) -> None:
         super().__init__()
+        self._application = application
         self._deployment = deployment
         self._replica = replica
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = _context.current_request()
+        record.application = self._application
         record.deployment = self._deployment
         record.replica = self._replica
         record.request_id = (ctx.request_id or "-") if ctx else "-"
         record.route = (ctx.route or "-") if ctx else "-"
+        if not hasattr(record, "model_id"):
+            record.model_id = (ctx.model_id or "-") if ctx else "-"
         return True
 
 
-def configure_replica_logging(deployment: str, replica: str, log_dir: str) -> str:
+def configure_replica_logging(
+    deployment: str,
+    replica: str,
+    log_dir: str,
+    config: LoggingConfig = LoggingConfig(),
+    application: str = "",
+) -> str:
     """Log to the console that started the replica and to a per-replica file; return its path."""
     os.makedirs(log_dir, exist_ok=True)
     path = os.path.join(log_dir, f"replica_{replica.replace('#', '_')}.log")
-    formatter = logging.Formatter(_FORMAT)
-    log_filter = _ReplicaFilter(deployment, replica)
+    formatter = make_formatter(config)
+    log_filter = _ReplicaFilter(application, deployment, replica)
     root = logging.getLogger()
     root.handlers.clear()
     for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(path)):
         handler.setFormatter(formatter)
         handler.addFilter(log_filter)
         root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(config.log_level)
     return path
+
+
+# ---- the driver ----------------------------------------------------------------------------------
+
+_console: logging.Handler | None = None  # the driver's console handler, when modelplex made it
+_proxy_file: logging.Handler | None = None
+PROXY_LOGGERS = ("modelplex.proxy", "modelplex.access")
 
 
 def configure_driver_logging() -> None:
     """Give the ``modelplex`` logger a console handler unless the application set one up."""
+    global _console
     driver = logging.getLogger("modelplex")
     if driver.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(levelname)s %(asctime)s modelplex %(filename)s:%(lineno)d - %(message)s")
-    )
-    driver.addHandler(handler)
+    _console = logging.StreamHandler(sys.stderr)
+    _console.setFormatter(TextFormatter())
+    driver.addHandler(_console)
     if driver.level == logging.NOTSET:  # keep a level the application chose
         driver.setLevel(logging.INFO)
     driver.propagate = False
+
+
+def configure_proxy_logging(log_dir: str, config: LoggingConfig = LoggingConfig()) -> str:
+    """The driver's proxy writes its lines (the access log among them) to ``proxy.log`` in the
+    run's folder, next to the replicas' files; return its path."""
+    global _proxy_file
+    close_proxy_logging()
+    os.makedirs(log_dir, exist_ok=True)
+    path = os.path.join(log_dir, "proxy.log")
+    _proxy_file = logging.FileHandler(path)
+    _proxy_file.setFormatter(make_formatter(config))
+    for name in PROXY_LOGGERS:
+        logging.getLogger(name).addHandler(_proxy_file)
+    return path
+
+
+def apply_driver_logging(config: LoggingConfig) -> None:
+    """The top-level ``logging_config`` on the driver: its level, and its encoding for the
+    console (when modelplex made the handler) and the proxy's file."""
+    logging.getLogger("modelplex").setLevel(config.log_level)
+    for handler in (_console, _proxy_file):
+        if handler is not None:
+            handler.setFormatter(make_formatter(config))
+
+
+def close_proxy_logging() -> None:
+    global _proxy_file
+    if _proxy_file is None:
+        return
+    for name in PROXY_LOGGERS:
+        logging.getLogger(name).removeHandler(_proxy_file)
+    _proxy_file.close()
+    _proxy_file = None

@@ -3,7 +3,8 @@
 Data plane (router <-> replica, one connection per pair):
     Call -> Result; Cancel; Touch; ModelsUpdate pushed by the replica on every cache change.
 Control plane (replica <-> controller, handle routers -> controller):
-    ReplicaReady / ReplicaStartFailed; StopReplica -> ReplicaStopped;
+    ReplicaReady / ReplicaStartFailed; StopReplica -> ReplicaStopped; Ping -> Pong (health);
+    Preload -> Preloaded; Reconfigure -> Reconfigured (a new user_config, in place);
     WatchReplicas -> ReplicaSet (long poll); WatchRoutes -> RouteTable (long poll, for proxies
     that do not live beside the controller).
 """
@@ -106,6 +107,25 @@ class ReplicaStartFailed:
 @dataclass(frozen=True)
 class StopReplica:
     timeout_s: float
+    wait_loop_s: float = 2.0  # how often the replica says what still runs while it drains
+    reason: str = "shutdown"  # "redeploy", "downscale" or "shutdown": for the eviction metrics
+
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    """Controller -> replica: call the user's ``reconfigure(user_config)`` now."""
+
+    seq: int
+    user_config: Any
+
+
+@dataclass(frozen=True)
+class Reconfigured:
+    seq: int
+    ok: bool
+    error: str = ""  # "Type: message" of what reconfigure raised
+    traceback: str = ""
 
 
 @dataclass(frozen=True)
@@ -149,11 +169,16 @@ class RouterReport:
 @dataclass(frozen=True)
 class Ping:
     seq: int
+    timeout_s: float = 30.0  # how long the user's check_health may take
 
 
 @dataclass(frozen=True)
 class Pong:
+    """The control loop answers; ``healthy`` is the user's ``check_health`` verdict, if any."""
+
     seq: int
+    healthy: bool = True
+    error: str = ""
 
 
 @dataclass(frozen=True)

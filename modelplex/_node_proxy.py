@@ -10,8 +10,10 @@ Model management (``/-/models``) stays on the driver's proxy, which sees every r
 
 from __future__ import annotations
 
+import functools
 import logging
 
+from . import _metrics
 from ._aio import LoopThread
 from ._specs import ProxySpec
 from ._proxy import Proxy, ProxyApp
@@ -26,7 +28,13 @@ class NodeProxy:
         self._spec = spec
         self._thread = LoopThread("modelplex-node-proxy")
         self._directory = RemoteDirectory(spec.controller_address, spec.secret)
-        self._registry = RouterRegistry(self._thread.loop, self._directory, spec.secret)
+        # This node's metrics folder: what this proxy and the node's replicas write.
+        found = _metrics.for_process(spec.metrics, spec.node_id)
+        self._metrics, self._metrics_dir = found if found is not None else (None, "")
+        self._registry = RouterRegistry(
+            self._thread.loop, self._directory, spec.secret,
+            events=self._metrics.router_events if self._metrics else None,
+        )
         self._routes = RemoteRoutes(spec.controller_address, spec.secret)
         self._proxy: Proxy | None = None
 
@@ -38,7 +46,11 @@ class NodeProxy:
     async def _start(self) -> int:
         await self._routes.start()
         app = ProxyApp(self._routes, self._registry, self._spec.http_options, models=None)
-        self._proxy = Proxy(app, self._spec.http_options)
+        served: object = app
+        if self._metrics is not None:
+            app.metrics = functools.partial(_metrics.exposition, self._metrics_dir)
+            served = _metrics.MetricsMiddleware(app, self._metrics)
+        self._proxy = Proxy(served, self._spec.http_options)  # type: ignore[arg-type]
         await self._proxy.start()
         assert self._proxy.port is not None
         logger.info(

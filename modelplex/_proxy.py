@@ -36,6 +36,7 @@ from ._http import request_from_scope
 from ._http_protocol import bounded_protocol, head_limit
 from ._management import ModelManager, check_limits, status_dicts
 from ._messages import DeploymentID, HTTPResult
+from ._metrics import ROUTE_KEY
 from ._model_ids import model_id_from_headers
 from ._router import RouterRegistry
 
@@ -85,15 +86,19 @@ class ProxyApp:
         # Set by the CLI's instances (modelplex run/start): PUT and GET /-/applications,
         # POST /-/shutdown. A ConfigDeployer (_deploy.py); None serves no such routes.
         self.deployer: Any = None
-        self.access_log = False  # one INFO line per request (logging_config.enable_access_log)
+        self.access_log = True  # one INFO line per request (logging_config.enable_access_log)
+        # Whether an ingress deployment's own logging_config keeps its access lines.
+        self.access_log_for: Callable[[DeploymentID], bool] = lambda deployment_id: True
         # Set by the driver's runtime: GET /-/status, /-/dashboard, /-/events (_dashboard.py).
         self.observer: Any = None
+        # GET /-/metrics: this node's Prometheus text, as (body, content type); None: off.
+        self.metrics: Callable[[], tuple[bytes, str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.access_log or scope["type"] != "http":
-            await self._serve(scope, receive, send)
+        if not self.access_log or scope["type"] != "http" or scope["path"] == "/-/healthz":
+            await self._serve(scope, receive, send)  # probes would drown the requests
             return
-        start, status = time.perf_counter(), [0]
+        start, status, access = time.perf_counter(), [0], _Access()
 
         async def logged(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -101,14 +106,14 @@ class ProxyApp:
             await send(message)
 
         try:
-            await self._serve(scope, receive, logged)
+            await self._serve(scope, receive, logged, access)
         finally:
-            access_logger.info(
-                "%s %s %s %s %.1fms", _client(scope), scope["method"], scope["path"],
-                status[0] or "-", (time.perf_counter() - start) * 1000,
-            )
+            if not access.quiet:
+                access.log(scope, status[0], time.perf_counter() - start)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, access: "_Access | None" = None
+    ) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -120,7 +125,7 @@ class ProxyApp:
             if path.startswith("/-/"):
                 await self._management(scope, receive, send)
                 return
-            result = await self._forward(scope, receive)
+            result = await self._forward(scope, receive, access)
         except ClientDisconnectedError:
             # An ordinary event: the work was cancelled and nobody is left to answer.
             logger.debug("Client %s went away from %s; request cancelled.", _client(scope), path)
@@ -159,20 +164,28 @@ class ProxyApp:
                 return hmac.compare_digest(value, expected)
         return False
 
-    async def _forward(self, scope: Scope, receive: Receive) -> HTTPResult:
+    async def _forward(self, scope: Scope, receive: Receive, access: "_Access | None") -> HTTPResult:
         routes = self._routes()
         prefix = match_route(scope["path"], list(routes))
         if prefix is None:
             raise RouteNotFoundError(f"no application serves the path {scope['path']!r}")
-        _, ingress = routes[prefix]
+        app_name, ingress = routes[prefix]
+        if access is not None:
+            access.application, access.deployment = app_name, str(ingress)
+            access.quiet = not self.access_log_for(ingress)
+        scope[ROUTE_KEY] = (prefix, app_name)  # for the metrics (_metrics.MetricsMiddleware)
         model_id = model_id_from_headers(scope.get("headers", []))
+        if access is not None:
+            access.model_id = model_id
         body = await _read_body(receive, self._options.max_body_bytes)
         root_path = scope.get("root_path", "") + ("" if prefix == "/" else prefix.rstrip("/"))
         request = request_from_scope(scope, body, root_path)
         loop = asyncio.get_running_loop()
         call = loop.create_task(
             self._registry.router(ingress).call(
-                "__call__", model_id=model_id, http=request, trace_id=_trace_id()
+                "__call__", model_id=model_id, http=request,
+                trace_id=access.request_id if access is not None else _trace_id(),
+                on_replica=access.served_by if access is not None else None,
             )
         )
         # A client that goes away, or a request past its time limit, cancels the call, down to
@@ -205,6 +218,15 @@ class ProxyApp:
         elif path == "/-/routes":
             routes = {prefix: app for prefix, (app, _) in self._routes().items()}
             await _send_json(send, 200, routes)
+        elif path == "/-/metrics" and self.metrics is not None:
+            if not self._options.management_routes:
+                raise RouteNotFoundError("management over HTTP is switched off")
+            if not self._management_allowed(scope):
+                raise UnauthorizedError("this route needs 'Authorization: Bearer <token>'")
+            body, media = self.metrics()
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", media.encode()), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
         elif (path.startswith("/-/models") or path == "/-/artifacts") and self._models is not None:
             if not self._options.management_routes:
                 raise RouteNotFoundError("model management over HTTP is switched off")
@@ -283,6 +305,34 @@ class ProxyApp:
         else:
             replicas = await self._models.release(op, model_id, app, deployment)
         return {"replicas": replicas}
+
+
+class _Access:
+    """One request's access line; ``_forward`` fills in what it learns on the way."""
+
+    __slots__ = ("request_id", "application", "deployment", "replica", "model_id", "quiet")
+
+    def __init__(self) -> None:
+        self.request_id = _trace_id()  # the replica's lines show the same id
+        self.application = self.deployment = self.replica = "-"
+        self.model_id = ""
+        self.quiet = False  # the ingress deployment's logging_config turned its access log off
+
+    def served_by(self, replica_id: str) -> None:
+        self.replica = replica_id
+
+    def log(self, scope: Scope, status: int, seconds: float) -> None:
+        ms = seconds * 1000
+        method, path = scope["method"], scope["path"]
+        access_logger.info(
+            "%s %s %s %.1fms", method, path, status or "-", ms,
+            extra={
+                "access": True, "application": self.application, "deployment": self.deployment, "replica": self.replica,
+                "request_id": self.request_id, "route": path, "model_id": self.model_id or "-",
+                "method": method, "status": status or None, "latency_ms": round(ms, 1),
+                "client": _client(scope),
+            },
+        )
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -28,14 +28,20 @@ from typing import Any
 import cloudpickle
 from starlette.exceptions import HTTPException
 
-from . import _admin, _context, _multiplex
+from . import _admin, _context, _metrics, _multiplex
 from . import _disk_cache
 from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
 from ._specs import ReplicaSpec
 from ._stores import close_filesystems
 from ._cache import ModelCache
-from ._errors import MethodNotFoundError, RemoteError, UnserializableResultError, error_response
+from ._errors import (
+    MethodNotFoundError,
+    RemoteError,
+    UnserializableResultError,
+    error_response,
+    http_status_for,
+)
 from ._http import render, to_starlette
 from ._logging import configure_replica_logging
 from ._messages import (
@@ -47,6 +53,8 @@ from ._messages import (
     Pong,
     Preload,
     Preloaded,
+    Reconfigure,
+    Reconfigured,
     ReplicaReady,
     ReplicaStartFailed,
     ReplicaStopped,
@@ -65,8 +73,13 @@ _AWAITED_S = 0.2
 
 
 class Replica:
-    def __init__(self, spec: ReplicaSpec) -> None:
+    def __init__(self, spec: ReplicaSpec, metrics: _metrics.Metrics | None = None) -> None:
         self.spec = spec
+        self.metrics = metrics
+        self.recorder = (
+            metrics.replica(spec.deployment_id, spec.replica_id) if metrics
+            else _metrics.NoReplicaRecorder()
+        )
         self.replica_id = spec.replica_id
         self.deployment = str(spec.deployment_id)
         self.loop = asyncio.get_running_loop()
@@ -91,13 +104,15 @@ class Replica:
         # greets new connections with it and never reads a cache itself.
         self.latest_update = ModelsUpdate(self.replica_id, 0, {}, (), True)
         self.stopping = False
+        self.access_log = spec.logging_config.enable_access_log
 
     # ---- life cycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
         _multiplex.install_replica_hooks(self._on_new_cache, self.user.loop)
         registry = RouterRegistry(
-            self.loop, RemoteDirectory(self.spec.controller_address, self.spec.secret), self.spec.secret
+            self.loop, RemoteDirectory(self.spec.controller_address, self.spec.secret), self.spec.secret,
+            events=self.metrics.router_events if self.metrics else None,
         )
         install_registry(registry)
         control = await connect(self.spec.controller_address, secret=self.spec.secret)
@@ -115,6 +130,8 @@ class Replica:
                     admin.configure(*limits)
 
                 await asyncio.wrap_future(self.user.submit(configure()))
+            if self.spec.user_config is not None:  # before the first request, as in Ray
+                await self._on_user(self._apply_user_config(self.spec.user_config))
         except BaseException as exc:
             logger.exception("Replica %s failed to start.", self.replica_id)
             await control.send(
@@ -125,16 +142,22 @@ class Replica:
             return
         server = await start_server(self._greet, secret=self.spec.secret, host=self.spec.bind_host)
         await control.send(ReplicaReady(self.replica_id, server.address, os.getpid()))
+        self.recorder.started()
         logger.info("Replica %s ready at %s:%d.", self.replica_id, *server.address)
         try:
             while True:
                 message = await control.recv()
                 if isinstance(message, Ping):
-                    control.send_nowait(Pong(message.seq))
+                    if callable(getattr(self.instance, "check_health", None)):
+                        asyncio.get_running_loop().create_task(self._check_health(control, message))
+                    else:
+                        control.send_nowait(Pong(message.seq))
                 elif isinstance(message, Preload):
                     asyncio.get_running_loop().create_task(self._preload(control, message))
+                elif isinstance(message, Reconfigure):
+                    asyncio.get_running_loop().create_task(self._reconfigure(control, message))
                 elif isinstance(message, StopReplica):
-                    await self._stop(message.timeout_s)
+                    await self._stop(message.timeout_s, message.wait_loop_s, message.reason)
                     await self._on_user(self._close_connections())
                     await server.close()
                     await control.send(ReplicaStopped(self.replica_id))
@@ -158,18 +181,73 @@ class Replica:
         except ConnectionClosed:
             pass
 
-    async def _stop(self, timeout_s: float) -> None:
-        """Finish the requests in flight, then unload every model (running their __del__)."""
-        self.stopping = True
+    async def _check_health(self, control: Connection, ping: Ping) -> None:
+        """The user's ``check_health`` on the user loop, bounded by the health check timeout:
+        raising or running past it answers unhealthy."""
         try:
-            await self._on_user(asyncio.wait_for(self.idle.wait(), timeout_s))
+            await asyncio.wait_for(self._on_user(_call(self.instance.check_health)), ping.timeout_s)
+            pong = Pong(ping.seq)
         except asyncio.TimeoutError:
-            logger.warning("%d requests still running after %.1fs; stopping.", self.ongoing, timeout_s)
+            pong = Pong(ping.seq, False, f"check_health did not return within {ping.timeout_s:g}s")
+        except Exception as exc:
+            pong = Pong(ping.seq, False, f"{type(exc).__name__}: {exc}")
+        if not pong.healthy:
+            logger.warning("Health check failed: %s", pong.error)
+        try:
+            control.send_nowait(pong)
+        except ConnectionClosed:
+            pass
+
+    async def _reconfigure(self, control: Connection, message: Reconfigure) -> None:
+        """A new ``user_config`` for this running replica (its models stay loaded)."""
+        try:
+            await self._on_user(self._apply_user_config(message.user_config))
+            reply = Reconfigured(message.seq, True)
+        except Exception as exc:
+            logger.exception("reconfigure() failed; keeping the previous user_config.")
+            reply = Reconfigured(
+                message.seq, False, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+            )
+        try:
+            control.send_nowait(reply)
+        except ConnectionClosed:
+            pass
+
+    async def _apply_user_config(self, user_config: Any) -> None:
+        method = getattr(self.instance, "reconfigure", None)
+        if not callable(method):
+            raise ValueError(
+                f"user_config is set but deployment {self.spec.deployment_id.name!r} has no "
+                f"reconfigure() method"
+            )
+        await _call(method, user_config)
+
+    async def _stop(
+        self, timeout_s: float, wait_loop_s: float = 2.0, reason: str = "shutdown"
+    ) -> None:
+        """Finish the requests in flight, then unload every model (running their __del__).
+
+        Checks every ``wait_loop_s`` (and at once when the last one ends) whether requests
+        still run, for at most ``timeout_s``."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout_s
+        while self.ongoing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning("%d requests still running after %.1fs; stopping.", self.ongoing, timeout_s)
+                break
+            try:
+                await self._on_user(asyncio.wait_for(self.idle.wait(), min(wait_loop_s, remaining)))
+            except asyncio.TimeoutError:
+                logger.info(
+                    "Stopping: %d requests still running; waiting up to %.1fs more.",
+                    self.ongoing, max(0.0, deadline - time.monotonic()),
+                )
         caches = list(self.caches)
 
         async def close_all() -> None:
             for cache in caches:
-                await cache.close()
+                await cache.close(reason=reason)
             await close_filesystems()  # the store clients serve.fetch kept open on this loop
 
         await asyncio.wrap_future(self.user.submit(close_all()))
@@ -182,6 +260,8 @@ class Replica:
 
     def _on_new_cache(self, cache: ModelCache) -> None:
         self.caches.append(cache)
+        if self.metrics is not None:
+            cache.events = self.metrics.cache_events(self.spec.deployment_id, self.replica_id)
         if self.admin is not None:
             self.admin.apply_limits(cache)
         cache.on_change = self._models_changed  # called on the user loop
@@ -271,6 +351,7 @@ class Replica:
 
     def _dispatch(self, conn: Connection, call: Call) -> None:
         self.ongoing += 1
+        self.recorder.ongoing(self.ongoing)
         if call.model_id:
             self.wanted[call.model_id] = self.wanted.get(call.model_id, 0) + 1
         self.idle.clear()
@@ -284,6 +365,7 @@ class Replica:
     ) -> None:
         self.running.pop(key, None)
         self.ongoing -= 1
+        self.recorder.ongoing(self.ongoing)
         if call.model_id:
             _decrement(self.wanted, call.model_id)
         if self.ongoing == 0:
@@ -303,10 +385,15 @@ class Replica:
             route=call.http.scope.get("path", "") if call.http is not None else "",
         )
         token = _context.set_request(ctx)
+        started = time.perf_counter()
+        outcome = "CANCELLED"  # unless it returns or raises
+        error: str | None = "CancelledError"  # for the metrics, unless it returns
         try:
             if self.admin.handles(call.method):
                 args = pickle.loads(call.payload)[0] if call.payload else ()
-                return self._success(call, await self.admin.run(call.method, args))
+                value = await self.admin.run(call.method, args)
+                outcome, error = "OK", None
+                return self._success(call, value)
             method = getattr(self.instance, call.method, None)
             if method is None or not callable(method):
                 raise MethodNotFoundError(self.spec.deployment_id.name, call.method)
@@ -326,17 +413,32 @@ class Replica:
                 value = await value
             if call.http is not None:
                 value = await render(value)
+            outcome, error = "OK", None
             return self._success(call, value)
         except HTTPException as exc:
+            outcome, error = str(exc.status_code), type(exc).__name__
             if call.http is None:
                 return _failure(call.request_id, exc, traceback.format_exc())
             return self._success(call, HTTPResult(*error_response(exc)))
+        except UnserializableResultError as exc:  # its message says it all; logged here alone
+            logger.error("Request failed: %s", exc)
+            return _failure(call.request_id, exc)
         except Exception as exc:
-            logger.exception("Request failed: %s: %s", type(exc).__name__, exc)
+            outcome, error = str(_log_failure(exc)), type(exc).__name__
             return _failure(call.request_id, exc, traceback.format_exc())
         finally:
+            if self.access_log and call.http is None and not self.admin.handles(call.method):
+                # A handle call's access line; an HTTP request has its own at the proxy.
+                ms = (time.perf_counter() - started) * 1000
+                logger.info(
+                    "CALL %s %s %.1fms", call.method, outcome, ms,
+                    extra={"access": True, "method": "CALL", "status": outcome,
+                           "latency_ms": round(ms, 1)},
+                )
             ctx.release_all()
             _context.reset_request(token)
+            route = (call.http.scope.get("root_path") or "/") if call.http is not None else ""
+            self.recorder.request(route, time.perf_counter() - started, error)
 
     def _success(self, call: Call, value: Any) -> Result:
         try:
@@ -356,6 +458,18 @@ class Replica:
 _PLAIN_VALUES = frozenset({HTTPResult, str, bytes, int, float, bool, type(None)})
 
 
+def _log_failure(exc: Exception) -> int:
+    """A client's error (4xx) is one WARNING line, without a traceback: a misconfigured client
+    must not flood the logs. Anything else is an ERROR with its traceback. Returns the status."""
+    status = http_status_for(exc)
+    if 400 <= status < 500:
+        first = str(exc).strip().splitlines()[:1]
+        logger.warning("Request failed (%d): %s", status, ": ".join([type(exc).__name__, *first]))
+    else:
+        logger.exception("Request failed: %s: %s", type(exc).__name__, exc)
+    return status
+
+
 def _failure(request_id: int, exc: BaseException, tb: str = "") -> Result:
     """Send the exception as itself if it survives a round trip, else as a RemoteError."""
     try:
@@ -364,6 +478,17 @@ def _failure(request_id: int, exc: BaseException, tb: str = "") -> Result:
     except Exception:
         payload = cloudpickle.dumps(RemoteError(type(exc).__qualname__, str(exc), tb))
     return Result(request_id, False, payload, tb)
+
+
+async def _call(method: Any, *args: Any) -> Any:
+    """A lifecycle method of the user's (reconfigure, check_health), sync or async; on the user
+    loop, a sync one in a thread as requests' sync methods are."""
+    if inspect.iscoroutinefunction(method):
+        return await method(*args)
+    value = await asyncio.to_thread(method, *args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 async def _construct(cls: type, args: tuple, kwargs: dict) -> Any:
@@ -403,14 +528,18 @@ def run_replica(spec: ReplicaSpec) -> int:
     for path in reversed(spec.sys_path):
         if path not in sys.path:
             sys.path.insert(0, path)
-    configure_replica_logging(str(spec.deployment_id), spec.replica_id, spec.log_dir)
+    configure_replica_logging(
+        str(spec.deployment_id), spec.replica_id, spec.log_dir, spec.logging_config,
+        spec.deployment_id.app,
+    )
     if spec.node_id:  # a backend with several nodes per filesystem: one disk cache per node
         _disk_cache.configure(node_id=spec.node_id)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
+    found = _metrics.for_process(spec.metrics, spec.node_id)
 
     async def run() -> None:
-        await Replica(spec).run()
+        await Replica(spec, found[0] if found else None).run()
 
     try:
         loop.run_until_complete(run())
@@ -419,6 +548,8 @@ def run_replica(spec: ReplicaSpec) -> int:
         logger.exception("Replica %s crashed.", spec.replica_id)
         return 1
     finally:
+        if found is not None:
+            _metrics.process_ended(found[1])
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -18,14 +20,20 @@ import cloudpickle
 
 from ._aio import LoopThread
 from ._backends import Backend, ProxyInfo, ProxySpec, make_backend
-from ._config import ClusterOptions, HTTPOptions, LogOptions
+from . import _metrics
+from ._config import ClusterOptions, HTTPOptions, LoggingConfig, LogOptions, MetricsOptions
 from ._controller import Controller, DeploymentSpec
 from ._dashboard import StatusFeed
 from ._deploy import ConfigDeployer
 from ._deployment import Application, Deployment
 from ._handle import DeploymentHandle
 from ._log_dirs import new_session_dir
-from ._logging import configure_driver_logging
+from ._logging import (
+    apply_driver_logging,
+    close_proxy_logging,
+    configure_driver_logging,
+    configure_proxy_logging,
+)
 from ._management import ModelManager
 from ._proxy import Proxy, ProxyApp
 from ._router import RouterRegistry, install_registry
@@ -46,6 +54,7 @@ class Runtime:
         backend: Backend | None = None,
         log_dir: str | None = None,
         log_options: LogOptions | None = None,
+        metrics_options: MetricsOptions | None = None,
     ) -> None:
         configure_driver_logging()
         self.http_options = http_options
@@ -59,8 +68,25 @@ class Runtime:
         self.proxies: list[ProxyInfo] = []
         self._follow_task: asyncio.Task | None = None
         self._thread = LoopThread("modelplex-driver")
-        self.controller = Controller(self.backend, secret=self._secret, log_dir=self.log_dir)
-        self.registry = RouterRegistry(self._thread.loop, self.controller, self._secret)
+        # Metrics: one folder per instance, one subfolder per node (see _metrics).
+        options = metrics_options or MetricsOptions.from_env(os.environ)
+        self.metrics: _metrics.Metrics | None = None
+        self.metrics_options: MetricsOptions | None = None
+        self.metrics_dir = ""
+        if options.enabled:
+            self.metrics_options = dataclasses.replace(options, directory=_metrics.new_instance_dir())
+            self.metrics_dir = _metrics.node_dir(self.metrics_options.directory, self.backend.node_id)
+            _metrics.install(self.metrics_dir)
+            self.metrics = _metrics.Metrics(self.metrics_options)
+        self.controller = Controller(
+            self.backend, secret=self._secret, log_dir=self.log_dir,
+            events=self.metrics.controller_events() if self.metrics else None,
+            metrics=self.metrics_options,
+        )
+        self.registry = RouterRegistry(
+            self._thread.loop, self.controller, self._secret,
+            events=self.metrics.router_events if self.metrics else None,
+        )
         self.models = ModelManager(
             self.controller, self.registry, local_node=self.backend.name != "ray"
         )
@@ -76,6 +102,7 @@ class Runtime:
             except Exception:
                 logger.exception("Cleaning up after a failed start failed too.")
             self._thread.stop()
+            self._drop_metrics()
             raise
         install_registry(self.registry)
         port = f" and HTTP on {http_options.host}:{self.http_port}" if self.proxy else ""
@@ -87,14 +114,22 @@ class Runtime:
         await self.controller.start(host=self.backend.listen_host)
         if self.http_options is not None:
             app = ProxyApp(self.controller.routes, self.registry, self.http_options, self.models)
+            app.access_log_for = self.controller.access_log
+            configure_proxy_logging(self.log_dir)
             self._proxy_app = app
             self.observer = StatusFeed(self.status)
             app.observer = self.observer
-            self.proxy = Proxy(app, self.http_options)
+            served: object = app
+            if self.metrics is not None:
+                app.metrics = functools.partial(_metrics.exposition, self.metrics_dir)
+                served = _metrics.MetricsMiddleware(app, self.metrics)
+            self.proxy = Proxy(served, self.http_options)  # type: ignore[arg-type]
             await self.proxy.start()
             assert self.proxy.port is not None
             self.proxies = [ProxyInfo(self.backend.node_id, self.http_options.host, self.proxy.port)]
-            spec = ProxySpec(self.controller.address, self._secret, self.http_options)
+            spec = ProxySpec(
+                self.controller.address, self._secret, self.http_options, self.metrics_options
+            )
             self.proxies += await self.backend.start_proxies(spec)
             if self.cluster.proxy_location == "every_node":
                 self._follow_task = asyncio.get_running_loop().create_task(self._follow_nodes())
@@ -124,12 +159,14 @@ class Runtime:
         and stop on ``POST /-/shutdown`` by calling ``on_shutdown``: the CLI's instances."""
         app = self._proxy_app
 
-        def set_access_log(on: bool) -> None:
+        def set_logging(config: LoggingConfig) -> None:
+            """The config's top-level logging_config: the proxy's access log and the driver."""
             if app is not None:
-                app.access_log = on
+                app.access_log = config.enable_access_log
+            apply_driver_logging(config)
 
         self.deployer = ConfigDeployer(
-            self.controller, self.models, self.http_options, on_shutdown, set_access_log
+            self.controller, self.models, self.http_options, on_shutdown, set_logging
         )
         if app is not None and over_http:
             app.deployer = self.deployer
@@ -155,6 +192,13 @@ class Runtime:
             self._thread.run(self._shutdown(), timeout=120)
         finally:
             self._thread.stop()
+            self._drop_metrics()
+
+    def _drop_metrics(self) -> None:
+        if self.metrics_options is not None:
+            _metrics.uninstall()
+            _metrics.remove_dir(self.metrics_options.directory)
+            self.metrics_options = None
 
     async def _shutdown(self) -> None:
         if self._follow_task is not None:
@@ -164,6 +208,7 @@ class Runtime:
             self.observer.close()  # ends the live pages' streams, so the proxy stops at once
         if self.proxy is not None:
             await self.proxy.stop()
+            close_proxy_logging()
         await self.registry.close()
         await self.controller.shutdown()
 

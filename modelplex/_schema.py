@@ -14,7 +14,6 @@ ignored.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Annotated, Any, Literal, Mapping
 
@@ -37,6 +36,7 @@ from ._config import (
     AutoscalingConfig,
     DeploymentConfig,
     HTTPOptions,
+    LoggingConfig,
 )
 from ._deployment import _check_scaling
 from ._errors import ConfigError
@@ -118,6 +118,36 @@ class RayActorOptionsSchema(_Schema):
     fallback_strategy: _unsupported("fallback_strategy") = None
 
 
+def _log_level(value: Any) -> str:
+    """The level's name, as ``LoggingConfig`` keeps it (a number is taken too)."""
+    try:
+        return LoggingConfig(log_level=value).log_level
+    except ValueError as exc:
+        raise PydanticCustomError("value_error", str(exc).removeprefix("log_level ")) from None
+
+
+class LoggingSchema(_Schema):
+    """Ray's ``logging_config``: at the top level the default for every deployment (and the
+    proxy's access log), per deployment its own; ``_config.LoggingConfig`` checks the values."""
+
+    encoding: Annotated[Literal["TEXT", "JSON"], _explained("'TEXT' or 'JSON'")] = "TEXT"
+    log_level: Annotated[Any, AfterValidator(_log_level)] = "INFO"
+    enable_access_log: bool = True
+    additional_log_standard_attrs: list[str] | None = None
+    logs_dir: _unsupported("logs_dir; logs go under <tmp>/modelplex-logs") = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "LoggingSchema":
+        _ranged(LoggingConfig, self.options())
+        return self
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    def config(self) -> LoggingConfig:
+        return LoggingConfig(**self.options())
+
+
 class DeploymentSchema(_Schema):
     """Overrides for one deployment of an application, found by name."""
 
@@ -127,18 +157,17 @@ class DeploymentSchema(_Schema):
     max_queued_requests: int | None = None
     autoscaling_config: AutoscalingSchema | None = None
     ray_actor_options: RayActorOptionsSchema | None = None
+    logging_config: LoggingSchema | None = None
     # modelplex's own: the cache size of the deployment's @serve.multiplexed loader, applied
     # to running replicas as serve.configure_multiplexing does.
     max_num_models_per_replica: int | None = None
+    # Handed to reconfigure(); a change of it alone is applied to the running replicas.
+    user_config: Any = None
+    graceful_shutdown_wait_loop_s: float | None = None
+    graceful_shutdown_timeout_s: float | None = None
+    health_check_period_s: float | None = None
+    health_check_timeout_s: float | None = None
 
-    user_config: _unsupported(
-        "modelplex has no reconfigure() yet; pass settings through the application's args"
-    ) = None
-    graceful_shutdown_wait_loop_s: _unsupported("graceful_shutdown_wait_loop_s") = None
-    graceful_shutdown_timeout_s: _unsupported("set it in @serve.deployment") = None
-    health_check_period_s: _unsupported("set it in @serve.deployment") = None
-    health_check_timeout_s: _unsupported("set it in @serve.deployment") = None
-    logging_config: _unsupported("per-deployment logging_config; use the top-level one") = None
     placement_group_bundles: _unsupported("placement groups") = None
     placement_group_strategy: _unsupported("placement groups") = None
     max_replicas_per_node: _unsupported("max_replicas_per_node") = None
@@ -204,7 +233,9 @@ class ApplicationSchema(_Schema):
     runtime_env: _unsupported("runtime_env; install the code where modelplex runs") = None
     host: _unsupported("per-application host; use http_options") = None
     port: _unsupported("per-application port; use http_options") = None
-    logging_config: _unsupported("per-application logging_config; use the top-level one") = None
+    logging_config: _unsupported(
+        "per-application logging_config; use the top-level one or the deployments'"
+    ) = None
     autoscaling_policy: _unsupported("application-level autoscaling policies") = None
     external_scaler_enabled: _unsupported("external scalers") = None
 
@@ -248,36 +279,6 @@ class HTTPOptionsSchema(_Schema):
 
     def options(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
-
-
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _log_level(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = logging.getLevelName(value)
-    if value not in _LEVELS:
-        raise PydanticCustomError(
-            "value_error", f"must be one of {', '.join(_LEVELS)} (or its number), got {value!r}"
-        )
-    return value
-
-
-def _encoding(value: str) -> str:
-    if value == "JSON":
-        raise PydanticCustomError("unsupported", "not supported yet: JSON logs; use TEXT")
-    return value
-
-
-class LoggingSchema(_Schema):
-    encoding: Annotated[
-        Annotated[Literal["TEXT", "JSON"], _explained("'TEXT' or 'JSON'")],
-        AfterValidator(_encoding),
-    ] = "TEXT"
-    log_level: Annotated[Any, AfterValidator(_log_level)] = "INFO"
-    enable_access_log: bool = True
-    logs_dir: _unsupported("logs_dir; replica logs go under <tmp>/modelplex-logs") = None
-    additional_log_standard_attrs: _unsupported("additional_log_standard_attrs") = None
 
 
 class DeploySchema(_Schema):

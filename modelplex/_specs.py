@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ._config import HTTPOptions
+from ._config import HTTPOptions, LoggingConfig, MetricsOptions
 from ._messages import DeploymentID
 
 
@@ -27,9 +27,14 @@ class ReplicaSpec:
     cwd: str = ""
     ray_actor_options: Mapping[str, Any] | None = None
     cache_limits: tuple | None = None  # (max models, max bytes) set at run time
+    user_config: Any = None  # the deployment's current one: reconfigure() gets it before requests
     # Set by a backend that may put several nodes on one filesystem (Ray): keys the node's
     # disk cache directory. Empty: one directory for the machine.
     node_id: str = ""
+    logging_config: LoggingConfig = LoggingConfig()
+    # Metrics on, with the instance's directory (``_metrics``): the replica writes under its
+    # node's folder there. None: metrics are off.
+    metrics: MetricsOptions | None = None
 
     def __repr__(self) -> str:  # never print the secret
         return f"ReplicaSpec(replica_id={self.replica_id!r})"
@@ -42,6 +47,8 @@ class ProxySpec:
     controller_address: tuple[str, int]
     secret: bytes
     http_options: HTTPOptions
+    metrics: MetricsOptions | None = None  # as ReplicaSpec's; the proxy serves its node's folder
+    node_id: str = ""  # set where the proxy runs: keys its node's metrics folder
 
     def __repr__(self) -> str:  # never print the secret
         return f"ProxySpec(controller_address={self.controller_address!r})"

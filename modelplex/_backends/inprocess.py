@@ -2,17 +2,27 @@
 
 For the controller's tests: each replica speaks the control protocol (ready or failed to start,
 pings, stop) over ``modelplex._memory``, and the test decides how it behaves: how long it takes
-to start, whether its start fails, when it crashes. It serves no requests.
+to start, whether its start fails, when it crashes, whether its ``reconfigure`` raises and
+whether its ``check_health`` fails. It serves no requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from .._memory import MemoryNetwork
-from .._messages import Ping, Pong, ReplicaReady, ReplicaStartFailed, ReplicaStopped, StopReplica
+from .._messages import (
+    Ping,
+    Pong,
+    Reconfigure,
+    Reconfigured,
+    ReplicaReady,
+    ReplicaStartFailed,
+    ReplicaStopped,
+    StopReplica,
+)
 from .._specs import ProxyInfo, ProxySpec, ReplicaSpec
 from .._transport import ConnectionClosed
 
@@ -26,6 +36,8 @@ class InProcessReplica:
         self.spec = spec
         self.exit_reason: str | None = None
         self.ready = False
+        self.user_config: Any = spec.user_config  # what its reconfigure() last took
+        self.unhealthy = ""  # set by a test: check_health raises this
         self._exit: asyncio.Future = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task | None = None
 
@@ -69,6 +81,8 @@ class InProcessBackend:
         self._behaviour = behaviour
         self._sleep = sleep
         self._ports = itertools.count(1)
+        # What a replica's reconfigure(user_config) does: None, or the error it raises.
+        self.reconfigure: Callable[[InProcessReplica, Any], str | None] = lambda replica, config: None
         self.replicas: list[InProcessReplica] = []  # every replica ever started, in order
         self.on_change: Callable[[], None] = lambda: None  # called on every start and exit
 
@@ -98,7 +112,12 @@ class InProcessBackend:
             while True:
                 message = await channel.recv()
                 if isinstance(message, Ping):
-                    channel.send_nowait(Pong(message.seq))
+                    channel.send_nowait(Pong(message.seq, not replica.unhealthy, replica.unhealthy))
+                elif isinstance(message, Reconfigure):
+                    error = self.reconfigure(replica, message.user_config)
+                    if error is None:
+                        replica.user_config = message.user_config
+                    channel.send_nowait(Reconfigured(message.seq, error is None, error or ""))
                 elif isinstance(message, StopReplica):
                     channel.send_nowait(ReplicaStopped(spec.replica_id))
                     replica.end(0)

@@ -52,9 +52,10 @@ class _ProxyActor:
 
         from .._node_proxy import NodeProxy
 
-        self._proxy = NodeProxy(spec)
+        node_id = ray.get_runtime_context().get_node_id()
+        self._proxy = NodeProxy(dataclasses.replace(spec, node_id=node_id))
         port = self._proxy.start()
-        return ray.get_runtime_context().get_node_id(), spec.http_options.host, port
+        return node_id, spec.http_options.host, port
 
     def stop(self) -> None:
         if self._proxy is not None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+from typing import Callable
 
+from .._events import NO_ROUTER_EVENTS, RouterEvents
 from .._messages import DeploymentID
 from .._transport import connect
 from .pool import CONNECT_TIMEOUT_S, Dialer, NotSent, RunningReplica
@@ -38,9 +40,16 @@ class RouterRegistry:
     """The routers of one process, all living on one event loop."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, directory: ReplicaDirectory, secret: bytes
+        self,
+        loop: asyncio.AbstractEventLoop,
+        directory: ReplicaDirectory,
+        secret: bytes,
+        *,
+        events: Callable[[DeploymentID], RouterEvents] | None = None,
     ) -> None:
         self.loop = loop
+        # Each new router's events (metrics), by deployment; none by default.
+        self._events = events or (lambda _: NO_ROUTER_EVENTS)
         self._directory = directory
         self._dial = tcp_dialer(secret)
         self._routers: dict[DeploymentID, Router] = {}
@@ -50,7 +59,10 @@ class RouterRegistry:
         with self._lock:
             router = self._routers.get(deployment_id)
             if router is None:
-                router = Router(deployment_id, self._directory, self._dial)
+                router = Router(
+                    deployment_id, self._directory, self._dial,
+                    events=self._events(deployment_id),
+                )
                 self._routers[deployment_id] = router
             return router
 

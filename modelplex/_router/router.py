@@ -33,6 +33,7 @@ from .._errors import (
     ShuttingDownError,
     UnserializableArgumentsError,
 )
+from .._events import NO_ROUTER_EVENTS, RouterEvents
 from .._messages import (
     Call,
     DeploymentID,
@@ -103,8 +104,10 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         default_load_cost_s: float = 1.0,
+        events: RouterEvents = NO_ROUTER_EVENTS,
     ) -> None:
         self.deployment_id = deployment_id
+        self._events = events
         self._directory = directory
         self._rng = rng or random.Random()
         self._clock = clock
@@ -139,12 +142,16 @@ class Router:
         model_id: str = "",
         http: HTTPRequest | None = None,
         trace_id: str = "",
+        on_replica: Callable[[str], None] | None = None,
     ) -> Any:
-        """Route one request, send it, and return its result (or raise the remote error)."""
+        """Route one request, send it, and return its result (or raise the remote error).
+        ``on_replica`` hears the replica it is sent to (the proxy's access log names it)."""
         self._start()
         payload = _encode_args(args, kwargs or {}) if (args or kwargs) else b""
         for _ in range(SEND_ATTEMPTS):
             slot = self._place_now(model_id) or await self._wait(model_id)
+            if on_replica is not None:
+                on_replica(slot.view.replica_id)
             try:
                 return self._decode(await self._send(slot, method, payload, http, trace_id), method)
             except NotSent:
@@ -302,6 +309,10 @@ class Router:
         assert view is not None and view.running is not None
         loads = view.reserve(model_id)
         self._count(model_id, loads)
+        duplicate = loads and any(
+            model_id in v.loaded for v in self._registry.routable() if v is not view
+        )
+        self._events.placed(choice.reason.value, loads, duplicate)
         return Slot(view, view.running, model_id, loads)
 
     async def _wait(self, model_id: str) -> Slot:
@@ -311,6 +322,7 @@ class Router:
         now = self._clock()
         loop = asyncio.get_running_loop()
         waiting, waited = self._queue.push(model_id, loop.create_future(), now)
+        self._events.queued(len(self._queue))
         self._accrue(model_id, waited, now)
         if len(self._queue) == 1 and self._registry.version >= 0 and not len(self._registry):
             self._send_report()  # none to serve it: ask for one at once
@@ -328,6 +340,7 @@ class Router:
             else:
                 now = self._clock()
                 self._accrue(model_id, self._queue.remove(waiting, now), now)
+                self._events.queued(len(self._queue))
             raise
 
     def _drain(self) -> None:
@@ -345,6 +358,7 @@ class Router:
                     return
         finally:
             groups.close()
+            self._events.queued(len(self._queue))
 
     def _place_group(self, group: Group, now: float) -> bool:
         """Place the group's requests in order while the policy allows; False once no replica

@@ -121,15 +121,15 @@ def test_build_writes_a_config_that_run_serves(tmp_path):
     # A bad file: every problem, one line each, exit 1, nothing started.
     (tmp_path / "bad.yaml").write_text(
         "applications:\n- import_path: cfg_app:app\n  deployments:\n  - name: Echo\n"
-        "    num_replicas: many\n    user_config: {a: 1}\n"
+        "    num_replicas: many\n    max_num_models_per_replica: 0\n"
     )
     bad = cli(tmp_path, "run", "bad.yaml", "--port", str(port))
     assert (bad.returncode, bad.stdout) == (1, "")
     assert bad.stderr.splitlines() == [
         "modelplex: bad.yaml: applications[0].deployments[0].num_replicas: must be an int >= 1 "
         "or 'auto', got 'many'",
-        "modelplex: bad.yaml: applications[0].deployments[0].user_config: not supported yet: "
-        "modelplex has no reconfigure() yet; pass settings through the application's args",
+        "modelplex: bad.yaml: applications[0].deployments[0].max_num_models_per_replica: "
+        "must be >= 1 or -1 (unbounded), got 0",
     ]
 
 

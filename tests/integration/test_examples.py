@@ -6,16 +6,19 @@ import os
 import re
 import subprocess
 import sys
+from collections import defaultdict
 
 import requests
 
 import modelplex as serve
 
 from ..conftest import free_port
+from .test_batch import post_many
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 
+from batched_embeddings import app as embeddings_app  # noqa: E402
 from composition import app as composition_app  # noqa: E402
 from inferencer import ModelInferencer  # noqa: E402
 from make_models import make_models  # noqa: E402
@@ -62,8 +65,9 @@ def test_demo_runs_once():
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("HTTP 200") == 6
+    assert out.stdout.count("HTTP 200") == 8
     assert "Loading model '1'." in out.stderr
+    assert "Unloading model '" in out.stderr  # seven models, six slots: the README promises it
 
 
 def test_readme_example_runs(serve_instance):
@@ -87,3 +91,23 @@ def test_multiplexing_doc_example_runs(serve_instance, capsys):
     assert "en loaded True" in printed and "de loaded False" in printed
     names = {s.model_id for s in serve.list_models()}
     assert names == {"en"}
+
+
+def test_batched_embeddings_example(serve_instance):
+    serve.run(embeddings_app)
+    pairs = [(m, f"text {i}") for i in range(8) for m in ("en", "de")]
+    answers = post_many(serve_instance.url, pairs, as_body=True)
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    batches = defaultdict(list)
+    for (model_id, _), r in zip(pairs, answers):
+        body = r.json()
+        assert body["model_id"] == model_id and len(body["embedding"]) == 16
+        batches[body["batch"]].append(body)
+    for members in batches.values():
+        assert len({b["model_id"] for b in members}) == 1  # no batch mixes models
+        assert {b["batch_size"] for b in members} == {len(members)}
+    assert max(len(m) for m in batches.values()) > 1  # concurrent requests shared a batch
+    again = requests.get(serve_instance.url, data="text 0",
+                         headers={"serve_multiplexed_model_id": "en"}, timeout=60)
+    first = answers[pairs.index(("en", "text 0"))]
+    assert again.json()["embedding"] == first.json()["embedding"]

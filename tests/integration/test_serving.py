@@ -43,6 +43,14 @@ class Echo:
             raise CustomError("boom from the replica")
         if kind == "unserializable":
             return object()
+        if kind == "numpy":
+            import numpy as np
+
+            return {"array": np.arange(3), "scalar": np.float32(0.5)}
+        if kind == "numpy-array":
+            import numpy as np
+
+            return np.array([[1, 2], [3, 4]], dtype=np.uint8)
         return JSONResponse({"kind": kind})
 
     def sync_method(self, x: int) -> int:
@@ -72,6 +80,10 @@ def test_return_values_map_to_responses(serve_instance):
     assert requests.get(url, params={"kind": "number"}).json() == 42
     r = requests.get(url, params={"kind": "response"})
     assert (r.status_code, r.text, r.headers["x-custom"]) == (418, "teapot", "yes")
+    r = requests.get(url, params={"kind": "numpy"})
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"array": [0, 1, 2], "scalar": 0.5}
+    assert requests.get(url, params={"kind": "numpy-array"}).json() == [[1, 2], [3, 4]]
 
 
 def test_errors_over_http_and_the_replica_keeps_serving(serve_instance):
@@ -79,7 +91,7 @@ def test_errors_over_http_and_the_replica_keeps_serving(serve_instance):
     r = requests.get(serve_instance.url, params={"kind": "raise"})
     assert r.status_code == 500 and "CustomError: boom from the replica" in r.text
     r = requests.get(serve_instance.url, params={"kind": "unserializable"})
-    assert r.status_code == 500 and "object" in r.text
+    assert r.status_code == 500 and "of type object" in r.text
     assert requests.get(serve_instance.url).status_code == 200
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 
 import pytest
 
@@ -59,6 +60,7 @@ EXPORTED = {
     "UnauthorizedError",
     "UnserializableArgumentsError",
     "UnserializableResultError",
+    "batch",
     "configure_multiplexing",
     "delete",
     "deployment",
@@ -79,10 +81,44 @@ EXPORTED = {
 }
 
 
+# Ray Serve's public modules, at the same paths (``from modelplex.handle import ...``).
+MODULES = {
+    "config": {"AutoscalingConfig", "HTTPOptions"},
+    "exceptions": {name for name in EXPORTED if name.endswith("Error")},
+    "handle": {"DeploymentHandle", "DeploymentResponse"},
+}
+
+
 def test_public_names_are_exactly_the_curated_ones():
     assert set(modelplex.__all__) == EXPORTED
     public = {name for name in vars(modelplex) if not name.startswith("_")}
-    assert public == EXPORTED
+    assert public == EXPORTED | set(MODULES)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_ray_module_paths_export_what_modelplex_has(module):
+    mod = importlib.import_module(f"modelplex.{module}")
+    assert set(mod.__all__) == MODULES[module]
+    assert {n for n in vars(mod) if not n.startswith("_")} == MODULES[module]
+    for name in MODULES[module]:  # the same objects as at the top level or in _config
+        same = getattr(modelplex, name) if hasattr(modelplex, name) else getattr(modelplex._config, name)
+        assert getattr(mod, name) is same
+
+
+def test_ray_style_imports():
+    from modelplex.config import AutoscalingConfig, HTTPOptions
+    from modelplex.exceptions import BackPressureError, ModelplexError
+    from modelplex.handle import DeploymentHandle, DeploymentResponse
+
+    assert issubclass(BackPressureError, ModelplexError)
+    assert DeploymentHandle is modelplex.DeploymentHandle
+    assert DeploymentResponse is modelplex.DeploymentResponse
+    assert modelplex.exceptions.BackPressureError is BackPressureError
+    config = modelplex.deployment(autoscaling_config=AutoscalingConfig(max_replicas=3))(
+        type("Model", (), {})
+    ).config
+    assert config.autoscaling_config.max_replicas == 3
+    assert HTTPOptions(port=1).port == 1
 
 
 def test_import_does_not_start_anything():
@@ -247,3 +283,18 @@ def test_good_model_ids_and_headers():
     assert model_id_from_headers([(b"other", b"1")]) == ""
     with pytest.raises(serve.ModelIdError, match="UTF-8"):
         model_id_from_headers([(b"serve_multiplexed_model_id", b"\xff")])
+
+
+def test_lifecycle_options_as_ray_names_and_defaults_them():
+    config = DeploymentConfig(name="d")
+    assert (config.graceful_shutdown_wait_loop_s, config.graceful_shutdown_timeout_s) == (2.0, 20.0)
+    assert config.user_config is None
+    mine = {"a": [1, 2]}
+    dep = serve.deployment(user_config=mine, graceful_shutdown_wait_loop_s=0.5)(type("M", (), {}))
+    mine["a"].append(3)  # the deployment keeps what it was given
+    assert dep.config.user_config == {"a": [1, 2]}
+    assert dep.options(user_config={"b": 1}).config.user_config == {"b": 1}
+    with pytest.raises(ValueError, match="user_config is not JSON-serializable"):
+        DeploymentConfig(name="d", user_config={1, 2})
+    with pytest.raises(ValueError, match="graceful_shutdown_wait_loop_s must be > 0"):
+        DeploymentConfig(name="d", graceful_shutdown_wait_loop_s=0)

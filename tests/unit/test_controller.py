@@ -177,3 +177,69 @@ async def test_random_faults_never_exceed_the_target_and_converge(world, seed):
         await asyncio.sleep(rng.choice([0.0, 0.001, 0.01]))
     await w.until(lambda: w.published() == target and len(w.backend.live()) == target)
     assert w.max_live <= target
+
+
+def configured(user_config, **options) -> DeploymentSpec:
+    config = DeploymentConfig(name="d", num_replicas=2, user_config=user_config, **options)
+    return DeploymentSpec(config, cloudpickle.dumps("v1"))
+
+
+async def test_a_new_user_config_alone_reconfigures_the_replicas_in_place(world):
+    w = await world()
+    await w.deploy(configured({"threshold": 1}))
+    first = w.backend.live()
+    assert [r.spec.user_config for r in first] == [{"threshold": 1}] * 2
+    await w.deploy(configured({"threshold": 2}))  # serve.run: no new code version
+    assert w.backend.live() == first  # the same replicas, models and all
+    assert [r.user_config for r in first] == [{"threshold": 2}] * 2
+    w.backend.live()[0].crash()  # a replacement starts with the current user_config
+    await w.until(lambda: len(w.backend.live()) == 2 and all(r.ready for r in w.backend.live()))
+    assert [r.spec.user_config for r in w.backend.live() if r not in first] == [{"threshold": 2}]
+    await w.deploy(configured({"threshold": 2}, max_ongoing_requests=9))  # anything else rolls out
+    assert not set(w.backend.live()) & set(first)
+
+
+async def test_a_reconfigure_that_raises_fails_the_deploy_and_keeps_the_old_config(world):
+    w = await world()
+    await w.deploy(configured({"threshold": 1}))
+    first = w.backend.live()
+    calls = []
+
+    def reconfigure(replica, config):
+        calls.append(config)
+        if config == {"threshold": -1} and replica is first[1]:
+            return "ValueError: threshold must be >= 0"
+        return None
+
+    w.backend.reconfigure = reconfigure
+    with pytest.raises(DeploymentFailedError, match="failed to reconfigure.*threshold must be >= 0"):
+        await w.deploy(configured({"threshold": -1}))
+    assert w.backend.live() == first
+    assert [r.user_config for r in first] == [{"threshold": 1}] * 2  # the one that took it, back
+    assert calls.count({"threshold": 1}) == 1
+    first[0].crash()  # the target kept the old user_config: a replacement starts with it
+    await w.until(lambda: len(w.backend.live()) == 2 and all(r.ready for r in w.backend.live()))
+    assert all(r.spec.user_config == {"threshold": 1} for r in w.backend.live())
+
+
+async def test_a_replica_whose_check_health_keeps_failing_is_replaced(world):
+    w = await world()
+    config = DeploymentConfig(name="d", health_check_period_s=0.01, health_check_timeout_s=1.0)
+    await w.deploy(DeploymentSpec(config, cloudpickle.dumps("v1")))
+    (sick,) = w.backend.live()
+    sick.unhealthy = "RuntimeError: lost the GPU"
+    await w.until(lambda: not sick.alive and len(w.backend.live()) == 1 and w.published() == 1)
+    assert await sick.wait() == 0  # stopped (its requests finish), not killed (-9)
+    assert w.max_live <= 2
+
+
+async def test_a_config_file_deploy_scales_and_reconfigures_in_place(world):
+    w = await world()
+    await w.deploy(configured({"threshold": 1}))
+    first = w.backend.live()
+    three = DeploymentSpec(
+        DeploymentConfig(name="d", num_replicas=3, user_config={"threshold": 2}), cloudpickle.dumps("v1")
+    )
+    await w.controller.deploy("app", "/", [three], "d", in_place=True)
+    assert set(first) < set(w.backend.live()) and len(w.backend.live()) == 3
+    assert all(r.user_config == {"threshold": 2} for r in w.backend.live())

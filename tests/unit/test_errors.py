@@ -39,15 +39,18 @@ def example(cls: type) -> BaseException:
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     if any(p.kind is p.VAR_POSITIONAL for p in params):  # Exception's own __init__
         return cls("something went wrong\nsecond line")
-    args = []
+    args, kwargs = [], {}
     for param in params:
         if param.annotation not in EXAMPLES:
             pytest.fail(f"add an example for {cls.__name__}({param.name}: {param.annotation})")
         value = EXAMPLES[param.annotation]
         if param.name == "traceback":
             value = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: no'
-        args.append(value)
-    return cls(*args)
+        if param.kind is param.KEYWORD_ONLY:
+            kwargs[param.name] = value
+        else:
+            args.append(value)
+    return cls(*args, **kwargs)
 
 
 def fields(exc: BaseException) -> dict:

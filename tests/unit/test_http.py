@@ -43,6 +43,22 @@ def test_render_refuses_unserializable_values_naming_the_type():
         run(render(Thing()))
 
 
+def test_render_numpy_values_as_ray_serve_encoders_do():
+    import numpy as np
+
+    assert run(render(np.arange(3, dtype=np.int64))).body == b"[0,1,2]"
+    assert run(render(np.array([[0.5], [1.5]], dtype=np.float32))).body == b"[[0.5],[1.5]]"
+    assert run(render(np.float64(2.5))).body == b"2.5"
+    assert run(render({"n": np.int32(7), "ok": np.bool_(True)})).body == b'{"n":7,"ok":true}'
+    assert run(render(ValueError("bad"))).body == b'"bad"'
+    with pytest.raises(UnserializableResultError, match="Thing"):
+        run(render({"inner": [Thing()]}))
+
+
+class Thing:
+    pass
+
+
 def test_request_round_trip_drops_internal_headers():
     scope = {
         "type": "http",

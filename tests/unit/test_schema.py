@@ -80,16 +80,14 @@ def test_bad_deployment_values_name_their_key(deployment, message):
 def test_unknown_keys_list_what_is_allowed():
     (error,) = errors(app(deployments=[{"name": "A", "num_replica": 2}]))
     assert error.startswith("applications[0].deployments[0].num_replica: unknown key (allowed: ")
-    assert "num_replicas" in error and "user_config" not in error
+    assert "num_replicas" in error and "user_config" in error
     assert errors({**app(), "colour": "red"})[0].startswith("colour: unknown key")
 
 
 @pytest.mark.parametrize(
     "config, path",
     [
-        (app(deployments=[{"name": "A", "user_config": {"threshold": 1}}]),
-         "applications[0].deployments[0].user_config"),
-        ({**app(), "logging_config": {"encoding": "JSON"}}, "logging_config.encoding"),
+        (app(logging_config={"encoding": "JSON"}), "applications[0].logging_config"),
         ({**app(), "logging_config": {"logs_dir": "/x"}}, "logging_config.logs_dir"),
         (app(runtime_env={"pip": ["torch"]}), "applications[0].runtime_env"),
         ({**app(), "http_options": {"ssl_keyfile": "k"}}, "http_options.ssl_keyfile"),
@@ -155,3 +153,18 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
     assert info.value.errors == [
         "applications[0].deployments[0].num_replicas: must be an int >= 1 or 'auto', got 'many'"
     ]
+
+
+def test_lifecycle_keys_are_deployment_options():
+    from modelplex._schema import DeploymentSchema
+
+    keys = {
+        "user_config": {"threshold": 0.5, "labels": ["a"]},
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "graceful_shutdown_timeout_s": 5,
+        "health_check_period_s": 1,
+        "health_check_timeout_s": 2.5,
+    }
+    assert DeploymentSchema(name="A", **keys).options() == {"name": "A", **keys}
+    (error,) = errors(app(deployments=[{"name": "A", "health_check_period_s": -1}]))
+    assert error == "applications[0].deployments[0].health_check_period_s: must be > 0, got -1.0"

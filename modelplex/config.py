@@ -1,0 +1,5 @@
+"""``ray.serve.config``'s names that modelplex has, at the same import path."""
+
+from ._config import AutoscalingConfig, HTTPOptions
+
+__all__ = ["AutoscalingConfig", "HTTPOptions"]

@@ -1,0 +1,5 @@
+"""``ray.serve.handle``'s names that modelplex has, at the same import path."""
+
+from ._handle import DeploymentHandle, DeploymentResponse
+
+__all__ = ["DeploymentHandle", "DeploymentResponse"]
