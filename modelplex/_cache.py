@@ -127,6 +127,30 @@ def _check_timeout(value: Any) -> float | None:
     return float(value)
 
 
+_disarmed_classes: dict[type, type] = {}
+
+
+def disarm_finalizer(obj: Any) -> None:
+    """Give ``obj`` a class whose ``__del__`` does nothing, so the GC won't run it again."""
+    cls = type(obj)
+    try:
+        safe = _disarmed_classes.get(cls)
+        if safe is None:
+            namespace = {
+                "__del__": _no_finalizer,
+                "__slots__": (),  # same layout, or __class__ assignment is refused
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                _DISARMED: True,
+            }
+            safe = type(cls)(cls.__name__, (cls,), namespace)
+            _disarmed_classes[cls] = safe
+        # Past any __setattr__ override (frozen dataclasses, torch modules).
+        object.__setattr__(obj, "__class__", safe)
+    except Exception:
+        pass  # e.g. extension types: nothing more we can do
+
+
 def _no_finalizer(self: Any) -> None:
     """Stands in for a ``__del__`` that already ran."""
 
@@ -217,7 +241,6 @@ class ModelCache:
         self._loading: dict[str, _Entry] = {}
         self._draining: dict[str, _Entry] = {}
         self._unloads: set[asyncio.Task] = set()
-        self._disarmed_classes: dict[type, type] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._drained: asyncio.Event | None = None
@@ -600,24 +623,7 @@ class ModelCache:
             self._disarm(model)
 
     def _disarm(self, model: Any) -> None:
-        """Give the model a class whose ``__del__`` does nothing, so the GC won't run it again."""
-        cls = type(model)
-        try:
-            safe = self._disarmed_classes.get(cls)
-            if safe is None:
-                namespace = {
-                    "__del__": _no_finalizer,
-                    "__slots__": (),  # same layout, or __class__ assignment is refused
-                    "__module__": cls.__module__,
-                    "__qualname__": cls.__qualname__,
-                    _DISARMED: True,
-                }
-                safe = type(cls)(cls.__name__, (cls,), namespace)
-                self._disarmed_classes[cls] = safe
-            # Past any __setattr__ override (frozen dataclasses, torch modules).
-            object.__setattr__(model, "__class__", safe)
-        except Exception:
-            pass  # e.g. extension types: nothing more we can do
+        disarm_finalizer(model)
 
     # ---- management ----------------------------------------------------------------------
 

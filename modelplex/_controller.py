@@ -120,6 +120,7 @@ class _Deployment:
     waiters: list[asyncio.Future] = field(default_factory=list)
     published: tuple = ()  # what the last published replica set held
     scaled_to: int | None = None  # the autoscaler's count, when the deployment autoscales
+    handed: dict[str, int] = field(default_factory=dict)  # preloads per survivor, this scale-down
 
     def wanted(self) -> int:
         config = self.spec.config
@@ -467,7 +468,9 @@ class Controller:
             r for r in deployment.replicas.values()
             if r.phase is Phase.RUNNING and not r.retiring and r.control is not None
         ]
-        moves = self._scaler.hand_off(deployment.id, replica.replica_id, [r.replica_id for r in keepers])
+        moves = self._scaler.hand_off(
+            deployment.id, replica.replica_id, [r.replica_id for r in keepers], deployment.handed
+        )
         by_id = {r.replica_id: r for r in keepers}
         if moves:
             logger.info(
@@ -594,6 +597,8 @@ class Controller:
             replica = deployment.replicas[replica_id]
             replica.error = f"replica {replica_id} did not start within {self._policy.start_timeout_s:g}s"
             self._start_failed(deployment, replica)
+        if not any(r.retiring for r in deployment.replicas.values()):
+            deployment.handed = {}  # a new scale-down: every survivor has its room again
         stopping = []
         for replica in (deployment.replicas[r] for r in plan.stop):
             if replica.retiring:

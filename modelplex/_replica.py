@@ -34,7 +34,7 @@ from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
 from ._specs import ReplicaSpec
 from ._stores import close_filesystems
-from ._cache import ModelCache
+from ._cache import ModelCache, disarm_finalizer
 from ._errors import (
     MethodNotFoundError,
     RemoteError,
@@ -251,6 +251,18 @@ class Replica:
             await close_filesystems()  # the store clients serve.fetch kept open on this loop
 
         await asyncio.wrap_future(self.user.submit(close_all()))
+        await self._finalize_instance()
+
+    async def _finalize_instance(self) -> None:
+        """As Ray Serve does on a graceful stop: the deployment's own ``__del__``, once, after
+        its models are unloaded (then disarmed, so the GC does not run it again)."""
+        if self.instance is None or getattr(type(self.instance), "__del__", None) is None:
+            return
+        try:
+            await self._on_user(_call(self.instance.__del__))
+        except Exception:
+            logger.exception("The deployment's __del__ raised.")
+        disarm_finalizer(self.instance)
 
     async def _on_user(self, coro: Any) -> Any:
         """Run ``coro`` on the user loop and wait for it here."""

@@ -203,20 +203,37 @@ class Scaler:
         return order, notes
 
     def hand_off(
-        self, deployment_id: DeploymentID, leaving: str, keepers: list[str]
+        self,
+        deployment_id: DeploymentID,
+        leaving: str,
+        keepers: list[str],
+        assigned: dict[str, int] | None = None,
     ) -> list[tuple[str, str]]:
-        """(model id, keeper) for each hot model only ``leaving`` holds, hottest first."""
+        """(model id, keeper) for each hot model only ``leaving`` holds, hottest first.
+
+        A keeper takes at most half its slots in preloads (its own models are in use too),
+        counted in ``assigned`` across every replica leaving in the same scale-down; a model
+        goes to the first keeper in its rendezvous order that still has room."""
         window = self._windows.get(deployment_id)
         if window is None or not keepers:
             return []
+        assigned = {} if assigned is None else assigned
         held, demand = self._held(window), self._demand(window)
         elsewhere = {m for r in keepers for m in held.get(r, {})}
         hot = [m for m in held.get(leaving, {}) if m not in elsewhere and demand.get(m, 0) > 0]
         hot.sort(key=lambda m: -demand[m])
         slots = [r.slots for _, r in window.reports.values() if r.slots > 0]
-        if slots:  # fill at most half of each keeper's slots: theirs are in use too
-            hot = hot[: max(1, min(slots) // 2) * len(keepers)]
-        return [(m, rendezvous_order(m, keepers)[0]) for m in hot]
+        room = max(1, min(slots) // 2) if slots else len(hot)
+        moves = []
+        for model_id in hot:
+            keeper = next(
+                (k for k in rendezvous_order(model_id, keepers) if assigned.get(k, 0) < room), None
+            )
+            if keeper is None:
+                break
+            assigned[keeper] = assigned.get(keeper, 0) + 1
+            moves.append((model_id, keeper))
+        return moves
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:

@@ -128,3 +128,40 @@ def test_a_request_in_flight_finishes_before_a_redeploy_unloads_its_model(serve_
     wait_until(lambda: "del m@v1" in read_events(events), message="v1's model was never unloaded")
     seen = read_events(events)
     assert seen.index("done m@v1") < seen.index("del m@v1")
+
+
+def test_the_deployments_own_del_runs_once_when_its_replica_stops(serve_instance, tmp_path):
+    """As Ray Serve does on a graceful stop: after the models are unloaded."""
+    events = str(tmp_path / "events")
+
+    @serve.deployment
+    class Finalized:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        @serve.multiplexed(max_num_models_per_replica=1)
+        async def get_model(self, model_id: str):
+            return _Recorded(self.path, model_id)
+
+        async def __call__(self, request):
+            await self.get_model(serve.get_multiplexed_model_id())
+            return "ok"
+
+        def __del__(self) -> None:
+            with open(self.path, "a") as f:
+                f.write("deployment del\n")
+
+    serve.run(Finalized.bind(events))
+    assert requests.get(serve_instance.url, headers={"serve_multiplexed_model_id": "m"}).text == "ok"
+    serve.delete("default")
+    with open(events) as f:
+        assert f.read().splitlines() == ["model del m", "deployment del"]
+
+
+class _Recorded:
+    def __init__(self, path: str, model_id: str) -> None:
+        self.path, self.model_id = path, model_id
+
+    def __del__(self) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"model del {self.model_id}\n")

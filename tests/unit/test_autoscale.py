@@ -113,3 +113,20 @@ def test_a_scale_down_that_would_thrash_the_cache_flaps_under_rays_rule_but_not_
         our = decision.state
     assert ray_changes >= 20 and our_changes == 0 and our.target == 3
     assert math.isfinite(load(1))
+
+
+def test_a_scale_down_fills_at_most_half_of_each_survivors_slots():
+    from modelplex._messages import DeploymentID, RouterReport
+    from modelplex._scaler import Scaler
+
+    scaler, deployment = Scaler(), DeploymentID("app", "d")
+    held = (("r1", tuple((f"a{i}", 0.3) for i in range(4))),
+            ("r2", tuple((f"b{i}", 0.3) for i in range(4))),
+            ("r3", (("c0", 0.3),)))
+    models = tuple((m, 5) for _, ms in held for m, _ in ms)
+    scaler.record(RouterReport("router", deployment, 0, 0, 10, 0, models, held, 4), now=0.0)
+    assigned: dict[str, int] = {}
+    first = scaler.hand_off(deployment, "r1", ["r3"], assigned)
+    second = scaler.hand_off(deployment, "r2", ["r3"], assigned)
+    assert len(first) == 2 and second == []  # 4 slots: 2 preloads in all, not 2 per leaver
+    assert assigned == {"r3": 2}
