@@ -16,10 +16,12 @@ alike. The driver's own lines, outside any request, keep ``INFO <time> modelplex
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import sys
+import time
 from typing import Iterable
 
 from . import _context
@@ -35,6 +37,23 @@ _CONTEXT = ("application", "deployment", "replica", "request_id", "route", "mode
 _ACCESS = ("method", "status", "latency_ms", "client")
 
 
+class _Formatter(logging.Formatter):
+    """``asctime`` from a per-second cache: ``time.strftime`` per line is most of a line's cost
+    when every request writes one (the access log)."""
+
+    _second = -1
+    _stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
 class TextFormatter(logging.Formatter):
     """Lines with a request context as ``_PREFIX``, access lines with the model id after the
     message, the driver's own lines as ``_DRIVER_PREFIX``; extra attributes before the message."""
@@ -43,9 +62,9 @@ class TextFormatter(logging.Formatter):
         super().__init__()
         self._attrs = tuple(attrs)
         where = _WHERE + "".join(f" %({a})s" for a in self._attrs)
-        self._plain = logging.Formatter(_DRIVER_PREFIX + where + _MESSAGE)
-        self._context = logging.Formatter(_PREFIX + where + _MESSAGE)
-        self._access = logging.Formatter(_PREFIX + where + _MESSAGE + " model_id=%(model_id)s")
+        self._plain = _Formatter(_DRIVER_PREFIX + where + _MESSAGE)
+        self._context = _Formatter(_PREFIX + where + _MESSAGE)
+        self._access = _Formatter(_PREFIX + where + _MESSAGE + " model_id=%(model_id)s")
 
     def format(self, record: logging.LogRecord) -> str:
         for attr in self._attrs:  # taskName, say, is not on every Python's records
@@ -136,7 +155,82 @@ def configure_replica_logging(
 
 _console: logging.Handler | None = None  # the driver's console handler, when modelplex made it
 _proxy_file: logging.Handler | None = None
-PROXY_LOGGERS = ("modelplex.proxy", "modelplex.access")
+# Access lines leave in batches, at most this long after their request (see BatchingHandler).
+ACCESS_FLUSH_S = 0.1
+_ACCESS_BATCH = 512
+
+
+class BatchingHandler(logging.Handler):
+    """Formats each record at once (once per distinct formatter of its targets) and writes the
+    lines to each target's stream in one write a batch, within ``ACCESS_FLUSH_S``: a line per
+    request would otherwise cost a system call (a flush) per request and per destination."""
+
+    def __init__(self, targets: list[logging.StreamHandler]) -> None:
+        super().__init__()
+        self.targets = targets
+        self._lines: list[list[str]] = [[] for _ in targets]
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            made: dict[tuple, str] = {}
+            for lines, target in zip(self._lines, self.targets):
+                formatter = target.formatter
+                key = (type(formatter), getattr(formatter, "_attrs", None))
+                line = made.get(key)
+                if line is None:
+                    line = made[key] = target.format(record)
+                lines.append(line)
+        except Exception:
+            self.handleError(record)
+            return
+        if len(self._lines[0]) >= _ACCESS_BATCH:
+            self.flush()
+        elif not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_later(ACCESS_FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        batches, self._lines = self._lines, [[] for _ in self.targets]
+        for lines, target in zip(batches, self.targets):
+            if not lines:
+                continue
+            target.acquire()
+            try:
+                stream = target.stream
+                if stream is None and isinstance(target, logging.FileHandler):
+                    # Closed by someone's logging.config (uvicorn's): reopen, as its emit would.
+                    stream = target.stream = target._open()
+                if stream is not None:
+                    stream.write("\n".join(lines) + "\n")
+                    stream.flush()
+            except Exception:
+                pass  # a closed console at exit: nothing left to tell
+            finally:
+                target.release()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+def _batch_access_lines() -> None:
+    """The access logger writes through BatchingHandlers to the console modelplex made and
+    to the proxy's file; under an application's own handlers it propagates to them as is."""
+    access = logging.getLogger("modelplex.access")
+    for handler in list(access.handlers):
+        access.removeHandler(handler)
+        handler.close()
+    access.propagate = _console is None
+    targets = [t for t in (_console, _proxy_file) if isinstance(t, logging.StreamHandler)]
+    if targets:
+        access.addHandler(BatchingHandler(targets))
 
 
 def configure_driver_logging() -> None:
@@ -162,8 +256,8 @@ def configure_proxy_logging(log_dir: str, config: LoggingConfig = LoggingConfig(
     path = os.path.join(log_dir, "proxy.log")
     _proxy_file = logging.FileHandler(path)
     _proxy_file.setFormatter(make_formatter(config))
-    for name in PROXY_LOGGERS:
-        logging.getLogger(name).addHandler(_proxy_file)
+    logging.getLogger("modelplex.proxy").addHandler(_proxy_file)
+    _batch_access_lines()
     return path
 
 
@@ -180,7 +274,7 @@ def close_proxy_logging() -> None:
     global _proxy_file
     if _proxy_file is None:
         return
-    for name in PROXY_LOGGERS:
-        logging.getLogger(name).removeHandler(_proxy_file)
-    _proxy_file.close()
-    _proxy_file = None
+    file, _proxy_file = _proxy_file, None
+    _batch_access_lines()  # flushes what waits for the file, and writes to the console only
+    logging.getLogger("modelplex.proxy").removeHandler(file)
+    file.close()

@@ -111,3 +111,39 @@ def test_a_client_error_is_one_warning_line_and_a_server_error_keeps_its_traceba
     assert missing.exc_info is None and route.exc_info is None
     assert "\n" not in missing.getMessage() and "(400)" in missing.getMessage()
     assert bug.levelno == logging.ERROR and bug.exc_info is not None
+
+
+async def test_access_lines_leave_in_one_batch_for_each_destination(tmp_path):
+    import asyncio
+    import io
+    import logging
+
+    from modelplex._logging import ACCESS_FLUSH_S, BatchingHandler, TextFormatter
+
+    class Counted(io.StringIO):
+        def write(self, text):
+            writes.append(text)
+            return super().write(text)
+
+    writes: list[str] = []
+    console = logging.StreamHandler(Counted())
+    console.setFormatter(TextFormatter())
+    file = logging.FileHandler(tmp_path / "proxy.log")
+    file.setFormatter(TextFormatter())
+    file.close()  # as a logging.config elsewhere may do: the batch reopens it
+    handler = BatchingHandler([console, file])
+    logger = logging.getLogger("test.batching")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        for i in range(3):
+            logger.info("line %d", i)
+        assert writes == []  # nothing yet: one write per batch, not one per line
+        await asyncio.sleep(ACCESS_FLUSH_S * 2)
+        assert len(writes) == 1 and writes[0].count("\n") == 3
+        assert (tmp_path / "proxy.log").read_text().count("line ") == 3
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        file.close()
