@@ -323,7 +323,7 @@ class Router:
         loop = asyncio.get_running_loop()
         waiting, waited = self._queue.push(model_id, loop.create_future(), now)
         self._events.queued(len(self._queue))
-        self._accrue(model_id, waited, now)
+        self._accrue(waiting.group, waited, now)
         if len(self._queue) == 1 and self._registry.version >= 0 and not len(self._registry):
             self._send_report()  # none to serve it: ask for one at once
         self._drain()
@@ -339,7 +339,7 @@ class Router:
                 self._drain()
             else:
                 now = self._clock()
-                self._accrue(model_id, self._queue.remove(waiting, now), now)
+                self._accrue(waiting.group, self._queue.remove(waiting, now), now)
                 self._events.queued(len(self._queue))
             raise
 
@@ -365,8 +365,10 @@ class Router:
         has room left (the drain can stop)."""
         while group.members:
             waiting = group.head()
-            self._accrue(group.model_id, group.waited(now), now)
+            waited = group.waited(now)
             choice = self._choose(group.model_id, now)
+            group.reason = choice.reason
+            self._accrue(group, waited, now)
             if choice.replica_id is None:
                 return choice.reason is not Reason.WAIT_BUSY and choice.reason is not Reason.NO_REPLICAS
             self._queue.remove(waiting, now)
@@ -375,12 +377,11 @@ class Router:
                 return False
         return True
 
-    def _accrue(self, model_id: str, seconds: float, now: float) -> None:
-        """Waiting counts toward a spill only while the model is loaded on busy holders."""
-        if seconds > 0 and model_id and any(
-            model_id in v.loaded for v in self._registry.routable()
-        ):
-            self._spill.add(model_id, seconds, now)
+    def _accrue(self, group: Group | None, seconds: float, now: float) -> None:
+        """Waiting counts toward a spill while the policy last said the model's holders are
+        saturated (not while a load of it is under way, or before it was looked at)."""
+        if seconds > 0 and group is not None and group.reason is Reason.WAIT_SATURATED:
+            self._spill.add(group.model_id, seconds, now)
 
     def _remind(self, now: float) -> None:
         """Tell busy holders which of their models requests here wait for, so that their LRU
