@@ -18,7 +18,8 @@ from typing import Callable, Iterable
 
 logger = logging.getLogger("modelplex")
 
-_SESSION = re.compile(r"session_(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_(\d+)")
+# A second run of one process within the same second gets a ".N" suffix.
+_SESSION = re.compile(r"session_(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_(\d+)(?:\.(\d+))?")
 
 
 def log_root() -> str:
@@ -47,10 +48,10 @@ def sessions_to_prune(names: Iterable[str], keep: int, alive: Callable[[int], bo
     for name in names:
         match = _SESSION.fullmatch(name)
         if match:
-            sessions.append((match.group(1), int(match.group(2)), name))
+            sessions.append((match.group(1), int(match.group(3) or 0), int(match.group(2)), name))
     sessions.sort(reverse=True)  # newest first: the stamp sorts as the time it names
     old = reversed(sessions[keep:])
-    return [name for _, pid, name in old if not alive(pid)]
+    return [name for _, _, pid, name in old if not alive(pid)]
 
 
 def prune_sessions(root: str, keep: int, alive: Callable[[int], bool] = pid_alive) -> list[str]:
@@ -76,7 +77,15 @@ def new_session_dir(keep: int, root: str | None = None) -> str:
     """Make this run's log folder, then prune the older ones to the newest ``keep`` runs,
     this one included."""
     root = root or log_root()
-    path = os.path.join(root, session_name(time.time(), os.getpid()))
-    os.makedirs(path, exist_ok=True)
+    base = os.path.join(root, session_name(time.time(), os.getpid()))
+    path, n = base, 1
+    os.makedirs(root, exist_ok=True)
+    while True:  # a folder of its own, even for a second run in the same second
+        try:
+            os.mkdir(path)
+            break
+        except FileExistsError:
+            n += 1
+            path = f"{base}.{n}"
     prune_sessions(root, keep)
     return path

@@ -87,3 +87,13 @@ def test_log_runs_are_read_from_the_environment_once_and_checked():
             LogOptions.from_env({"MODELPLEX_LOG_RUNS": bad})
     with pytest.raises(ValueError, match="keep_runs"):
         LogOptions(keep_runs=0)
+
+
+def test_two_runs_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    from modelplex import _log_dirs
+    from modelplex._log_dirs import new_session_dir
+
+    monkeypatch.setattr(_log_dirs.time, "time", lambda: 1_800_000_000.0)
+    first, second = new_session_dir(10, str(tmp_path)), new_session_dir(10, str(tmp_path))
+    assert first != second and second.startswith(first)
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(first), os.path.basename(second)])
