@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from .report import table
+from .report import table, targets_and_notes
 
 __all__ = ["check_targets", "summary"]
 
@@ -73,14 +73,7 @@ def summary(results: dict) -> str:
                      for _, rows in segments]
             out.append(f"| {seg['kind']} {seg['from_s']:g}-{seg['to_s']:g} s | " + " | ".join(cells) + " |")
         out.append("")
-    checks = check_targets(results)
-    if checks:
-        mark = {True: "met", False: "MISSED", None: "not measured"}
-        out += ["### Targets", "",
-                table([{**c, "met": mark[c["met"]]} for c in checks],
-                      (("target", "target"), ("measured", "value"), ("", "met"))), ""]
-    for note in results.get("notes", []):
-        out.append(f"- {note}")
+    out += targets_and_notes(check_targets(results), results.get("notes", []))
     return "\n".join(out)
 
 

@@ -176,15 +176,19 @@ def summary(results: dict) -> str:
                                                           key=lambda kv: int(kv[0]))]
         out += [table(ref_rows, (("K", "slots"), ("global LRU", "global_lru"),
                                  ("Belady", "belady"), ("static top-K", "static_top_k"))), ""]
-    checks = check_targets(results)
+    out += targets_and_notes(check_targets(results), results.get("notes", []))
+    return "\n".join(out)
+
+
+def targets_and_notes(checks: list[dict], notes: list[str]) -> list[str]:
+    """The closing lines of a summary: the targets, met or MISSED, then the run's notes."""
+    out: list[str] = []
     if checks:
         mark = {True: "met", False: "MISSED", None: "not measured"}
         out += ["### Targets", "",
                 table([{**c, "met": mark[c["met"]]} for c in checks],
                       (("target", "target"), ("measured", "value"), ("", "met"))), ""]
-    for note in results.get("notes", []):
-        out.append(f"- {note}")
-    return "\n".join(out)
+    return out + [f"- {note}" for note in notes]
 
 
 def main() -> None:
