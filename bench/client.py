@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from typing import Awaitable, Callable, Sequence
 
-__all__ = ["closed_loop", "percentile", "run_http_client", "summarize"]
+__all__ = ["closed_loop", "percentile", "run_client_module", "run_http_client", "summarize"]
 
 HEADER = "serve_multiplexed_model_id"
 
@@ -138,8 +138,14 @@ async def _http(spec: dict) -> dict:
 
 def run_http_client(spec: dict, cwd: str) -> dict:
     """Run the aiohttp client in a new process and return its figures."""
+    return run_client_module("bench.client", spec, cwd)
+
+
+def run_client_module(module: str, spec: dict, cwd: str) -> dict:
+    """Run a client ``module`` in a process of its own (the spec on stdin, its figures as the
+    last line of stdout), so the client never shares a core's event loop with what it measures."""
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.client"],
+        [sys.executable, "-m", module],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
@@ -147,7 +153,7 @@ def run_http_client(spec: dict, cwd: str) -> dict:
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"the client failed: {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"the client {module} failed: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
 
-from .client import HEADER, percentile
+from .client import HEADER, percentile, run_client_module
 
 __all__ = ["open_loop", "run_open_loop"]
 
@@ -76,11 +75,7 @@ async def open_loop(url: str, times: list[float], ids: list[str], timeout_s: flo
 
 def run_open_loop(spec: dict, cwd: str) -> dict:
     """Run the client in a new process and return its figures."""
-    proc = subprocess.run([sys.executable, "-m", "bench.open_loop"], input=json.dumps(spec),
-                          capture_output=True, text=True, cwd=cwd, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the open-loop client failed: {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_client_module("bench.open_loop", spec, cwd)
 
 
 def main() -> None:
