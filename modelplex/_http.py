@@ -119,6 +119,23 @@ async def render(value: Any) -> HTTPResult:
         body = response.body
         return HTTPResult(response.status_code, tuple(response.raw_headers),
                           body if type(body) is bytes else bytes(body))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "method": "GET",
+        "path": "/",
+        "headers": [],
+    }
+    return await capture(response, scope, _never)
+
+
+async def _never() -> dict[str, Any]:
+    await asyncio.Event().wait()
+    return {"type": "http.disconnect"}  # pragma: no cover
+
+
+async def capture(app: Any, scope: dict[str, Any], receive: Any) -> HTTPResult:
+    """Run an ASGI app (or response) and keep what it sends, whole."""
     status = 500
     headers: list[tuple[bytes, bytes]] = []
     chunks: list[bytes] = []
@@ -131,16 +148,5 @@ async def render(value: Any) -> HTTPResult:
         elif message["type"] == "http.response.body":
             chunks.append(bytes(message.get("body", b"")))
 
-    async def receive() -> dict[str, Any]:
-        await asyncio.Event().wait()
-        return {"type": "http.disconnect"}  # pragma: no cover
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "method": "GET",
-        "path": "/",
-        "headers": [],
-    }
-    await response(scope, receive, send)
+    await app(scope, receive, send)
     return HTTPResult(status, tuple(headers), b"".join(chunks))

@@ -42,7 +42,7 @@ from ._errors import (
     error_response,
     http_status_for,
 )
-from ._http import render, to_starlette
+from ._http import capture, render, to_starlette
 from ._logging import configure_replica_logging
 from ._messages import (
     Call,
@@ -130,6 +130,9 @@ class Replica:
                     admin.configure(*limits)
 
                 await asyncio.wrap_future(self.user.submit(configure()))
+            start = getattr(self.instance, "__modelplex_start__", None)
+            if start is not None:  # an ingress app's lifespan startup (see _ingress.py)
+                await self._on_user(start())
             if self.spec.user_config is not None:  # before the first request, as in Ray
                 await self._on_user(self._apply_user_config(self.spec.user_config))
         except BaseException as exc:
@@ -254,8 +257,15 @@ class Replica:
         await self._finalize_instance()
 
     async def _finalize_instance(self) -> None:
-        """As Ray Serve does on a graceful stop: the deployment's own ``__del__``, once, after
-        its models are unloaded (then disarmed, so the GC does not run it again)."""
+        """As Ray Serve does on a graceful stop: an ingress app's lifespan shutdown, then the
+        deployment's own ``__del__``, once, after its models are unloaded (then disarmed, so
+        the GC does not run it again)."""
+        stop = getattr(self.instance, "__modelplex_stop__", None)
+        if stop is not None:
+            try:
+                await self._on_user(stop())
+            except Exception:
+                logger.exception("The ingress app's shutdown failed.")
         if self.instance is None or getattr(type(self.instance), "__del__", None) is None:
             return
         try:
@@ -404,6 +414,12 @@ class Replica:
             if self.admin.handles(call.method):
                 args = pickle.loads(call.payload)[0] if call.payload else ()
                 value = await self.admin.run(call.method, args)
+                outcome, error = "OK", None
+                return self._success(call, value)
+            asgi = getattr(self.instance, "__modelplex_asgi__", None)
+            if call.http is not None and asgi is not None:  # @serve.ingress: the app answers
+                request = to_starlette(call.http)
+                value = await capture(asgi, request.scope, request.receive)
                 outcome, error = "OK", None
                 return self._success(call, value)
             method = getattr(self.instance, call.method, None)
