@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from . import _runtime
+from . import _context, _runtime
+from ._aio import running_loop
+from ._management import models_of
+from ._messages import DeploymentID
+from ._router import current_registry
 from ._specs import ProxyInfo
 from ._config import ClusterOptions, HTTPOptions
 from ._deployment import Application
@@ -104,7 +109,22 @@ def _running() -> "_runtime.Runtime":
 def list_models(app_name: str | None = None, deployment_name: str | None = None) -> list[ModelStatus]:
     """Which replica holds which model (loaded or loading), with size, idle time and pins.
 
-    Without ``app_name``, every deployment of every application."""
+    Without ``app_name``, every deployment of every application. Inside a deployment (an
+    OpenAI-style ``GET /v1/models``, say) name the deployment; the application defaults to the
+    caller's own. It blocks: from an ``async`` method, ``await asyncio.to_thread(...)`` it."""
+    runtime = _runtime.current_runtime()
+    registry = current_registry()
+    if runtime is None and registry is not None:
+        if deployment_name is None:
+            raise ValueError("inside a deployment, serve.list_models() needs deployment_name")
+        if running_loop() is registry.loop:
+            raise RuntimeError("serve.list_models() would deadlock on this loop")
+        deployment_id = DeploymentID(
+            app_name or _context.replica_hooks.app_name or "default", deployment_name
+        )
+        return asyncio.run_coroutine_threadsafe(
+            models_of(registry, deployment_id), registry.loop
+        ).result()
     runtime = _running()
     return runtime.call(runtime.models.list_models(app_name, deployment_name))
 

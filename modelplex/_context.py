@@ -65,6 +65,7 @@ class ReplicaHooks:
 
     on_new_cache: Callable[[Any], None] | None = None
     user_loop: Any = None
+    app_name: str = ""  # the application the replica serves (serve.list_models' default)
 
 
 replica_hooks = ReplicaHooks()

@@ -22,6 +22,24 @@ from ._router import RouterRegistry
 from ._routing import rendezvous_order
 
 
+async def each_replica(
+    registry: RouterRegistry, deployment_id: DeploymentID, method: str, *args: Any
+) -> dict:
+    """Call an admin method on every replica of a deployment, through its router (so from a
+    replica too, which has no controller of its own to ask)."""
+    router = registry.router(deployment_id)
+    replica_ids = await router.wait_ready()
+    results = await asyncio.gather(*(router.call_replica(r, method, *args) for r in replica_ids))
+    return dict(zip(replica_ids, results))
+
+
+async def models_of(registry: RouterRegistry, deployment_id: DeploymentID) -> list[ModelStatus]:
+    out: list[ModelStatus] = []
+    for statuses in (await each_replica(registry, deployment_id, _admin.LIST)).values():
+        out.extend(statuses)
+    return sorted(out, key=lambda s: (s.replica_id, s.model_id))
+
+
 class ModelManager:
     def __init__(self, controller: Any, registry: RouterRegistry, local_node: bool = True) -> None:
         self._controller = controller
@@ -48,18 +66,12 @@ class ModelManager:
         return self._targets(app, deployment)[0]
 
     async def _each_replica(self, deployment_id: DeploymentID, method: str, *args: Any) -> dict:
-        router = self._registry.router(deployment_id)
-        replica_ids = await router.wait_ready()
-        results = await asyncio.gather(
-            *(router.call_replica(r, method, *args) for r in replica_ids)
-        )
-        return dict(zip(replica_ids, results))
+        return await each_replica(self._registry, deployment_id, method, *args)
 
     async def list_models(self, app: str | None, deployment: str | None) -> list[ModelStatus]:
         out: list[ModelStatus] = []
         for deployment_id in self._targets(app, deployment):
-            for statuses in (await self._each_replica(deployment_id, _admin.LIST)).values():
-                out.extend(statuses)
+            out.extend(await models_of(self._registry, deployment_id))
         return sorted(out, key=lambda s: (s.replica_id, s.model_id))
 
     async def place(

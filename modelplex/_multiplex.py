@@ -27,13 +27,16 @@ from ._model_ids import validate_model_id
 logger = logging.getLogger("modelplex.replica")
 
 def install_replica_hooks(
-    on_new_cache: Callable[[ModelCache], None] | None, user_loop: asyncio.AbstractEventLoop | None
+    on_new_cache: Callable[[ModelCache], None] | None,
+    user_loop: asyncio.AbstractEventLoop | None,
+    app_name: str = "",
 ) -> None:
     """Called by the replica process: where new caches announce themselves, and which loop
     sync callers hop to. Kept on the ``_context`` module, which cloudpickle ships by reference:
     a user class pickled by value carries copies of this module's globals, not the module."""
     _context.replica_hooks.on_new_cache = on_new_cache
     _context.replica_hooks.user_loop = user_loop
+    _context.replica_hooks.app_name = app_name
 
 
 def _validate_count(value: Any) -> int:

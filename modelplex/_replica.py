@@ -113,7 +113,9 @@ class Replica:
     # ---- life cycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        _multiplex.install_replica_hooks(self._on_new_cache, self.user.loop)
+        _multiplex.install_replica_hooks(
+            self._on_new_cache, self.user.loop, self.spec.deployment_id.app
+        )
         registry = RouterRegistry(
             self.loop, RemoteDirectory(self.spec.controller_address, self.spec.secret), self.spec.secret,
             events=self.metrics.router_events if self.metrics else None,
