@@ -26,6 +26,7 @@ from starlette.routing import Route
 import modelplex as serve
 from modelplex import _context
 from modelplex._errors import MissingModelIdError
+from modelplex._runtime import build_app
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -280,6 +281,25 @@ def test_a_class_with_call_or_not_a_class_is_refused():
 
     with pytest.raises(ValueError, match="requires NoBuilder to define `__serve_build_asgi_app__`"):
         serve.ingress()(NoBuilder)
+
+
+def test_an_application_takes_one_ingress_deployment():
+    first, second = FastAPI(), FastAPI()
+
+    @serve.deployment
+    @serve.ingress(first)
+    class Inner:
+        pass
+
+    @serve.deployment
+    @serve.ingress(second)
+    class Outer:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+    assert build_app(Inner.bind(), "one")[1] == "Inner"
+    with pytest.raises(serve.ModelplexError, match='multiple FastAPI deployments in application "two"'):
+        build_app(Outer.bind(Inner.bind()), "two")
 
 
 def test_a_route_method_without_self_is_refused():
