@@ -437,6 +437,24 @@ async def test_lifespan_runs_at_start_and_stop_and_its_state_reaches_requests():
     assert type(instance).__del__ is Life.__wrapped__.__del__
 
 
+async def test_on_startup_and_on_shutdown_handlers():
+    Recorder.events = []
+    app = FastAPI(
+        on_startup=[lambda: Recorder.events.append("startup")],
+        on_shutdown=[lambda: Recorder.events.append("shutdown")],
+    )
+
+    @serve.ingress(app)
+    class Handlers:
+        @app.get("/")
+        def root(self) -> list:
+            return Recorder.events
+
+    async with started(Handlers) as client:
+        assert (await client.get("/")).json() == ["startup"]
+    assert Recorder.events == ["startup", "shutdown"]
+
+
 async def test_a_failed_lifespan_startup_fails_the_start():
     @contextlib.asynccontextmanager
     async def lifespan(app):
