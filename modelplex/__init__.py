@@ -63,6 +63,7 @@ from ._errors import (
     UnserializableResultError,
 )
 from ._handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+from ._ingress import ingress
 from ._multiplex import multiplexed
 from . import config, exceptions, handle  # Ray's module paths: modelplex.handle, ...
 
@@ -122,6 +123,7 @@ __all__ = [
     "get_app_handle",
     "get_deployment_handle",
     "get_multiplexed_model_id",
+    "ingress",
     "list_artifacts",
     "list_models",
     "list_proxies",

@@ -26,7 +26,9 @@ from ._controller import Controller, DeploymentSpec
 from ._dashboard import StatusFeed
 from ._deploy import ConfigDeployer
 from ._deployment import Application, Deployment
+from ._errors import ModelplexError
 from ._handle import DeploymentHandle
+from ._ingress import ASGIAppReplicaWrapper
 from ._log_dirs import new_session_dir
 from ._logging import (
     apply_driver_logging,
@@ -224,6 +226,7 @@ def build_app(app: Application, app_name: str) -> tuple[list[DeploymentSpec], st
     names: dict[int, str] = {}
     taken: set[str] = set()
     specs: list[DeploymentSpec] = []
+    classes: list[type] = []
 
     def visit(node: Application) -> str:
         if id(node) in names:
@@ -240,6 +243,7 @@ def build_app(app: Application, app_name: str) -> tuple[list[DeploymentSpec], st
         config = node.deployment.config.replace(name=name)
         payload = cloudpickle.dumps((node.deployment.func_or_class, args, kwargs))
         specs.append(DeploymentSpec(config, payload))
+        classes.append(node.deployment.func_or_class)
         return name
 
     def _replace(value: Any) -> Any:
@@ -254,6 +258,12 @@ def build_app(app: Application, app_name: str) -> tuple[list[DeploymentSpec], st
         return value
 
     ingress = visit(app)
+    if sum(issubclass(cls, ASGIAppReplicaWrapper) for cls in classes) > 1:  # as Ray refuses it
+        raise ModelplexError(
+            f'Found multiple FastAPI deployments in application "{app_name}". '
+            "Please only include one deployment with @serve.ingress "
+            "in your application to avoid this issue."
+        )
     return specs, ingress
 
 

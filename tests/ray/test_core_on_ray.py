@@ -7,6 +7,7 @@ conftest.py). Whatever works on one machine must work on Ray unchanged.
 from __future__ import annotations
 
 import ray
+import requests
 
 import modelplex as serve
 
@@ -23,6 +24,7 @@ from ..integration.test_examples import (  # noqa: F401
     test_seed_composition,
     test_seed_model_inferencer_over_local_files,
 )
+from ..integration.test_ingress import Api, Scorer
 
 
 def test_replicas_are_ray_actors(serve_instance):
@@ -38,3 +40,15 @@ def test_replicas_are_ray_actors(serve_instance):
     assert len(actors) == 2 and None not in actors
     [proxy] = serve.list_proxies()
     assert proxy.node_id == ray.get_runtime_context().get_node_id()
+
+
+def test_fastapi_ingress_on_ray(serve_instance):
+    """A FastAPI ingress class, its multiplexed loader and a handle behind it, in Ray actors."""
+    serve.run(Api.options(num_replicas=1).bind(Scorer.bind(), "hi"), route_prefix="/main")
+    url = serve_instance.url + "/main"
+    assert requests.get(url + "/hello/ray", params={"times": 2}).json() == {"text": "hi ray hi ray"}
+    r = requests.get(url + "/models/m1", headers={"serve_multiplexed_model_id": "m1"})
+    assert r.status_code == 200 and r.json()["model"] == "model-m1"
+    assert [m.model_id for m in serve.list_models(deployment_name="Api")] == ["m1"]
+    assert requests.get(url + "/compose/m2").json() == {"model": "scorer-m2", "x": 1}
+    assert requests.get(url + "/hello/ray", params={"times": "x"}).status_code == 422

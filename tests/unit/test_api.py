@@ -68,6 +68,7 @@ EXPORTED = {
     "get_app_handle",
     "get_deployment_handle",
     "get_multiplexed_model_id",
+    "ingress",
     "list_models",
     "list_proxies",
     "multiplexed",
