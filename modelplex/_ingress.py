@@ -20,6 +20,7 @@ import inspect
 import io
 import logging
 import pickle
+import types
 import sys
 from typing import Any, Callable
 
@@ -332,14 +333,19 @@ def _included_router_class() -> type | None:
 
 def _freeze(app: Any) -> Any:
     """A copy of the app, as Ray makes it, so that later changes to the app do not reach the
-    deployment; but its classes stay the very same objects: loading a copy of a class in the
-    process that defined it makes cloudpickle overwrite the original's methods with copies
-    (the user's class would lose its module's globals)."""
+    deployment; but its classes and functions (closures aside) stay the very same objects. Loading a copy of a
+    class in the process that defined it makes cloudpickle overwrite the original's methods
+    with copies, and a copied function sees its module's globals as they were when the class
+    was decorated: a helper defined further down the module would be a NameError in a route
+    (it is, in Ray Serve)."""
     shared: list[Any] = []
 
     class Pickler(cloudpickle.Pickler):
         def persistent_id(self, obj: Any) -> Any:
-            if isinstance(obj, type):
+            # Closures are copied: FastAPI's own routes close over the app being frozen.
+            if isinstance(obj, type) or (
+                isinstance(obj, types.FunctionType) and obj.__closure__ is None
+            ):
                 shared.append(obj)
                 return len(shared) - 1
             return None

@@ -574,3 +574,23 @@ def test_import_modelplex_does_not_import_fastapi_and_starlette_apps_need_none()
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+late_app = FastAPI()
+
+
+@serve.ingress(late_app)
+class UsesALaterHelper:
+    @late_app.get("/late")
+    def late(self) -> str:
+        return helper_defined_after_the_class()
+
+
+def helper_defined_after_the_class() -> str:
+    return "found"
+
+
+async def test_a_route_sees_module_names_defined_after_its_class():
+    """Ray Serve's frozen copy of the app loses them (a NameError in the route)."""
+    async with started(UsesALaterHelper) as client:
+        assert (await client.get("/late")).json() == "found"

@@ -1,0 +1,21 @@
+"""Issue-10 features again with replicas as Ray actors: streaming, batching by model, and the
+deployment lifecycle. The tests are the local ones, imported (see test_core_on_ray.py)."""
+
+from __future__ import annotations
+
+from ..integration.test_batch import (  # noqa: F401
+    test_batches_over_http_group_by_model_and_errors_reach_everyone,
+)
+from ..integration.test_lifecycle import (  # noqa: F401
+    test_a_request_in_flight_finishes_before_a_redeploy_unloads_its_model,
+    test_user_config_reaches_reconfigure_and_changes_in_place,
+)
+from ..integration.test_streaming import (  # noqa: F401
+    streamer,
+    test_a_client_that_goes_away_closes_the_generator_within_a_second,
+    test_a_generator_that_raises_midway_ends_the_stream_where_the_client_sees_it,
+    test_a_model_is_not_unloaded_under_an_open_stream,
+    test_handle_streams_with_for_outside_a_deployment,
+    test_sse_chunks_arrive_as_they_are_produced,
+    test_streams_between_deployments_with_async_for,
+)
