@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import socket
 import threading
 import time
@@ -368,3 +369,15 @@ def test_a_stream_in_flight_finishes_before_a_redeploy_unloads_its_model(serve_i
     wait_until(lambda: "del m" in read_events(events), message="v1's model was never unloaded")
     seen = read_events(events)
     assert seen.index("done m") < seen.index("del m")
+
+
+def test_the_docs_streaming_example_runs(serve_instance, capsys):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    text = open(os.path.join(root, "docs", "apps.md")).read()
+    section = text.split("## Streaming", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    exec(compile(block, "docs/apps.md", "exec"), {"__name__": "docs"})  # shipped by value
+    assert "['word 0', 'word 1', 'word 2']" in capsys.readouterr().out
+    with httpx.stream("GET", serve_instance.url, headers={H: "en"}, timeout=30) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert lines == [f"data: EN token {i}" for i in range(3)]
