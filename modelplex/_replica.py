@@ -619,6 +619,7 @@ def run_replica(spec: ReplicaSpec) -> int:
         str(spec.deployment_id), spec.replica_id, spec.log_dir, spec.logging_config,
         spec.deployment_id.app,
     )
+    _streams.install()
     if spec.node_id:  # a backend with several nodes per filesystem: one disk cache per node
         _disk_cache.configure(node_id=spec.node_id)
     loop = new_event_loop()

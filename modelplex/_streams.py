@@ -25,7 +25,7 @@ import pickle
 from typing import Any, Awaitable, Callable
 
 import cloudpickle
-from starlette.concurrency import iterate_in_threadpool
+import starlette.responses
 from starlette.responses import StreamingResponse
 
 from ._http import json_default  # numpy values, as whole responses encode them
@@ -38,6 +38,8 @@ __all__ = [
     "Outbox",
     "ReplyStream",
     "dumps",
+    "install",
+    "iterate_closing",
     "close",
     "is_generator",
     "pump",
@@ -134,15 +136,22 @@ async def pump(gen: Any, put: Callable[[Any], Awaitable[None]]) -> None:
     """Feed a generator's items to ``put``, and close the generator however this ends (its
     ``finally`` blocks run when a client goes away, not when the garbage collector gets it).
     Any async iterable works; a sync generator steps in a thread."""
-    if not inspect.isgenerator(gen):
-        try:
-            async for item in gen:
-                await put(item)
-        finally:
-            aclose = getattr(gen, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        return
+    if inspect.isgenerator(gen):
+        gen = iterate_closing(gen)
+    try:
+        async for item in gen:
+            await put(item)
+    finally:
+        aclose = getattr(gen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def iterate_closing(iterator: Any) -> Any:
+    """Starlette's ``iterate_in_threadpool`` (each step in a thread), but closing a generator
+    as soon as the stream ends early: after the step under way, if there is one. Starlette's
+    leaves the generator to the garbage collector, and a worker thread may keep it alive."""
+    gen = iter(iterator)
     context = contextvars.copy_context()  # get_multiplexed_model_id() works in the thread
     pool = _thread_pool()
     step: concurrent.futures.Future | None = None
@@ -153,12 +162,21 @@ async def pump(gen: Any, put: Callable[[Any], Awaitable[None]]) -> None:
             step = None
             if item is _DONE:
                 return
-            await put(item)
+            yield item
     finally:
-        if step is not None and not step.done():
-            step.add_done_callback(lambda _: gen.close())  # after the step under way
+        close = getattr(gen, "close", None)
+        if close is None:
+            pass
+        elif step is not None and not step.done():
+            step.add_done_callback(lambda _: close())  # after the step under way
         else:
-            await asyncio.wrap_future(pool.submit(context.run, gen.close))
+            await asyncio.wrap_future(pool.submit(context.run, close))
+
+
+def install() -> None:
+    """In a replica: every ``StreamingResponse`` over a sync iterator, an ingress app's too,
+    steps it with ``iterate_closing``, so a client that goes away runs its ``finally`` now."""
+    starlette.responses.iterate_in_threadpool = iterate_closing
 
 
 class HTTPSink:
@@ -214,8 +232,7 @@ async def stream_http(value: Any, sink: HTTPSink) -> None:
 
 async def _stream_response(response: StreamingResponse, sink: HTTPSink) -> None:
     """What ``StreamingResponse.__call__`` does, but closing its iterator when the stream ends
-    early (Starlette leaves that to the garbage collector, and a sync iterator's thread may
-    keep it alive for seconds after)."""
+    early (Starlette leaves that to the garbage collector)."""
     await sink.send({"type": "http.response.start", "status": response.status_code,
                      "headers": response.raw_headers})
     charset = response.charset
@@ -225,31 +242,10 @@ async def _stream_response(response: StreamingResponse, sink: HTTPSink) -> None:
             chunk = chunk.encode(charset)
         await sink.send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-    await pump(_unwrap(response.body_iterator), put)
+    await pump(response.body_iterator, put)
     await sink.send({"type": "http.response.body", "body": b"", "more_body": False})
     if response.background is not None:
         await response.background()
-
-
-def _unwrap(body: Any) -> Any:
-    """The sync iterator a ``StreamingResponse`` wrapped with ``iterate_in_threadpool``, so
-    that ``pump`` steps it and closes it itself; any other body as it is."""
-    frame = getattr(body, "ag_frame", None)
-    if frame is None or body.ag_code is not iterate_in_threadpool.__code__:
-        return body
-    inner = iter(frame.f_locals.get("iterator", ()))
-    if inspect.isgenerator(inner):
-        return inner
-    return _as_generator(inner)
-
-
-def _as_generator(iterator: Any) -> Any:
-    try:
-        yield from iterator
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
 
 
 async def _stream_items(gen: Any, sink: HTTPSink) -> None:

@@ -381,3 +381,50 @@ def test_the_docs_streaming_example_runs(serve_instance, capsys):
     with httpx.stream("GET", serve_instance.url, headers={H: "en"}, timeout=30) as r:
         lines = [line for line in r.iter_lines() if line]
     assert lines == [f"data: EN token {i}" for i in range(3)]
+
+
+from fastapi import FastAPI  # noqa: E402
+
+streams_api = FastAPI()
+
+
+@serve.deployment
+@serve.ingress(streams_api)
+class IngressStreamer:
+    def __init__(self, events: str) -> None:
+        self.events = events
+
+    @streams_api.get("/tokens/{tag}")
+    async def tokens(self, tag: str, sync: bool = False):
+        body = self.sync_tokens(tag) if sync else self.async_tokens(tag)
+        return StreamingResponse(body, media_type="text/event-stream")
+
+    async def async_tokens(self, tag: str):
+        try:
+            for i in range(100000):
+                yield f"data: {i}\n\n"
+                await asyncio.sleep(0.01)
+        finally:
+            record(self.events, f"closed {tag}")
+
+    def sync_tokens(self, tag: str):
+        try:
+            for i in range(100000):
+                yield f"data: {i}\n\n"
+                time.sleep(0.01)
+        finally:
+            record(self.events, f"closed {tag}")
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_an_ingress_stream_is_closed_when_its_client_goes_away(serve_instance, tmp_path, sync):
+    events = str(tmp_path / "events")
+    serve.run(IngressStreamer.bind(events))
+    tag = f"ingress-{sync}"
+    with httpx.stream("GET", f"{serve_instance.url}/tokens/{tag}", params={"sync": sync},
+                      timeout=30) as r:
+        assert next(r.iter_lines()) == "data: 0"
+    left = time.monotonic()
+    wait_until(lambda: f"closed {tag}" in read_events(events), timeout=5,
+               message="the generator's finally did not run")
+    assert time.monotonic() - left < 1.0

@@ -15,6 +15,7 @@ from ..integration.test_streaming import (  # noqa: F401
     test_a_client_that_goes_away_closes_the_generator_within_a_second,
     test_a_generator_that_raises_midway_ends_the_stream_where_the_client_sees_it,
     test_a_model_is_not_unloaded_under_an_open_stream,
+    test_an_ingress_stream_is_closed_when_its_client_goes_away,
     test_handle_streams_with_for_outside_a_deployment,
     test_sse_chunks_arrive_as_they_are_produced,
     test_streams_between_deployments_with_async_for,
