@@ -62,7 +62,7 @@ from ._errors import (
     UnserializableArgumentsError,
     UnserializableResultError,
 )
-from ._handle import DeploymentHandle, DeploymentResponse
+from ._handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from ._multiplex import multiplexed
 from . import config, exceptions, handle  # Ray's module paths: modelplex.handle, ...
 
@@ -82,6 +82,7 @@ __all__ = [
     "DeploymentHandle",
     "DeploymentNotFoundError",
     "DeploymentResponse",
+    "DeploymentResponseGenerator",
     "DeploymentStatus",
     "DiskCacheFullError",
     "HTTPOptions",

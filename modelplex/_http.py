@@ -74,7 +74,7 @@ def to_response(value: Any) -> Response:
         return Response(bytes(value), media_type="application/octet-stream")
     try:
         body = json.dumps(
-            value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_encode
+            value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=json_default
         )
     except (TypeError, ValueError) as exc:
         raise UnserializableResultError(
@@ -85,7 +85,7 @@ def to_response(value: Any) -> Response:
     return Response(body, media_type=JSONResponse.media_type)
 
 
-def _encode(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """What ``json`` cannot encode itself, as Ray Serve's ``serve_encoders``: numpy arrays and
     scalars, pandas frames, exceptions (their message). Neither library is imported here: a
     value of their type exists only if the user's code imported them."""

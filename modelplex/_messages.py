@@ -1,7 +1,9 @@
 """Messages between processes: small frozen dataclasses with named fields.
 
 Data plane (router <-> replica, one connection per pair):
-    Call -> Result; Cancel; Touch; ModelsUpdate pushed by the replica on every cache change.
+    Call -> Result, or Call -> Chunk... -> Result for a streamed reply (the caller returns
+    Credit as it consumes chunks); Cancel; Touch; ModelsUpdate pushed by the replica on every
+    cache change.
 Control plane (replica <-> controller, handle routers -> controller):
     ReplicaReady / ReplicaStartFailed; StopReplica -> ReplicaStopped; Ping -> Pong (health);
     Preload -> Preloaded; Reconfigure -> Reconfigured (a new user_config, in place);
@@ -53,6 +55,25 @@ class Call:
     model_id: str = ""
     http: HTTPRequest | None = None
     trace_id: str = ""
+    stream: bool = False  # handle.options(stream=True): the method must return a generator
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One item of a streamed reply, sent as it is produced; the request's Result ends the
+    stream. HTTP streams send the head (an ``HTTPResult`` with no body) first, then bytes."""
+
+    request_id: int
+    payload: bytes  # the pickled item
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Caller -> replica: ``n`` more chunks of stream ``request_id`` were consumed, so that
+    many more may be sent (see ``_streams``)."""
+
+    request_id: int
+    n: int
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from ._messages import DeploymentID, HTTPResult
 from ._metrics import ROUTE_KEY
 from ._model_ids import model_id_from_headers
 from ._router import RouterRegistry
+from ._streams import ReplyStream
 
 logger = logging.getLogger("modelplex.proxy")
 access_logger = logging.getLogger("modelplex.access")
@@ -133,6 +134,9 @@ class ProxyApp:
         except Exception as exc:
             await _send_error(send, exc)
             return
+        if type(result) is not HTTPResult:
+            await _relay(result, scope, receive, send)
+            return
         await send(
             {"type": "http.response.start", "status": result.status, "headers": list(result.headers)}
         )
@@ -164,7 +168,11 @@ class ProxyApp:
                 return hmac.compare_digest(value, expected)
         return False
 
-    async def _forward(self, scope: Scope, receive: Receive, access: "_Access | None") -> HTTPResult:
+    async def _forward(
+        self, scope: Scope, receive: Receive, access: "_Access | None"
+    ) -> HTTPResult | ReplyStream:
+        """The ingress's reply: whole, or a stream (then ``request_timeout_s`` bounds the time to
+        its head, not its length)."""
         routes = self._routes()
         prefix = match_route(scope["path"], list(routes))
         if prefix is None:
@@ -307,6 +315,58 @@ class ProxyApp:
         return {"replicas": replicas}
 
 
+async def _relay(stream: ReplyStream, scope: Scope, receive: Receive, send: Send) -> None:
+    """Copy a streamed response to the client chunk by chunk, as the replica produces it.
+
+    The client's pace sets the stream's: ``send`` waits while the socket's buffer is full, and
+    the replica gets no credit meanwhile. A client that goes away closes the stream, which
+    cancels it at the replica. A stream that fails midway ends early where the client can tell:
+    an SSE stream gets an ``error`` event, any other stream is cut off before its last chunk."""
+    items = await stream.next_batch()  # a stream begins with its head
+    head: HTTPResult = items[0]
+    await send({"type": "http.response.start", "status": head.status, "headers": list(head.headers)})
+    gone = asyncio.get_running_loop().create_task(_disconnected(receive))
+    gone.add_done_callback(lambda _: stream.close(ClientDisconnectedError()))
+    try:
+        body = items[1:]
+        while True:
+            for chunk in body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            body = await stream.next_batch()
+            if not body:
+                break
+    except ClientDisconnectedError:
+        logger.debug("Client %s went away from %s; stream cancelled.", _client(scope), scope["path"])
+        return
+    except Exception as exc:
+        logger.warning(
+            "The stream of %s failed midway: %s: %s", scope["path"], type(exc).__name__, exc
+        )
+        if not _is_event_stream(head.headers):
+            return  # uvicorn closes the connection: the client sees the body end early
+        event = json.dumps({"error": type(exc).__name__, "message": str(exc)})
+        await send({"type": "http.response.body",
+                    "body": f"event: error\ndata: {event}\n\n".encode(), "more_body": True})
+    finally:
+        gone.cancel()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _is_event_stream(headers: Any) -> bool:
+    for name, value in headers:
+        if name.lower() == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"text/event-stream"
+    return False
+
+
+class _CutStreams(logging.Filter):
+    """uvicorn's line for a response left incomplete: ours, a stream that failed midway, says
+    it (once, with the error) already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing response."
+
+
 class _Access:
     """One request's access line; ``_forward`` fills in what it learns on the way."""
 
@@ -435,6 +495,9 @@ class Proxy:
             timeout_keep_alive=30,
             server_header=False,
         )
+        uvicorn_errors = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, _CutStreams) for f in uvicorn_errors.filters):
+            uvicorn_errors.addFilter(_CutStreams())
         self._server = uvicorn.Server(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:

@@ -28,7 +28,7 @@ from typing import Any
 import cloudpickle
 from starlette.exceptions import HTTPException
 
-from . import _admin, _context, _metrics, _multiplex
+from . import _admin, _context, _metrics, _multiplex, _streams
 from . import _disk_cache
 from ._admin import Admin
 from ._aio import LoopThread, new_event_loop
@@ -42,11 +42,12 @@ from ._errors import (
     error_response,
     http_status_for,
 )
-from ._http import capture, render, to_starlette
+from ._http import render, to_starlette
 from ._logging import configure_replica_logging
 from ._messages import (
     Call,
     Cancel,
+    Credit,
     HTTPResult,
     ModelsUpdate,
     Ping,
@@ -90,6 +91,9 @@ class Replica:
         # Routers' connections and the requests on them: user loop only.
         self.conns: set[Connection] = set()
         self.running: dict[tuple[int, int], asyncio.Task] = {}
+        # The replies of HTTP and streamed requests, by the same key: credit for their streams
+        # arrives here, and a reply may be answered before its task ends.
+        self.outboxes: dict[tuple[int, int], _streams.Outbox] = {}
         self.ongoing = 0
         # model id -> requests for it that reached this replica and have not finished. Caches
         # read it to prefer other victims, so a request already on its way never finds its
@@ -359,6 +363,10 @@ class Replica:
                 message = await conn.recv()
                 if isinstance(message, Call):
                     self._dispatch(conn, message)
+                elif isinstance(message, Credit):
+                    outbox = self.outboxes.get((id(conn), message.request_id))
+                    if outbox is not None:
+                        outbox.credit(message.n)
                 elif isinstance(message, Cancel):
                     running = self.running.get((id(conn), message.request_id))
                     if running is not None:
@@ -370,6 +378,10 @@ class Replica:
         finally:
             self.conns.discard(conn)
             conn.close()
+            # Nobody is left to read what these produce; a stream would wait for credit for ever.
+            for key, task in list(self.running.items()):
+                if key[0] == id(conn):
+                    task.cancel()
 
     def _dispatch(self, conn: Connection, call: Call) -> None:
         self.ongoing += 1
@@ -378,7 +390,9 @@ class Replica:
             self.wanted[call.model_id] = self.wanted.get(call.model_id, 0) + 1
         self.idle.clear()
         key = (id(conn), call.request_id)
-        task = self.user.loop.create_task(self._execute(call))
+        if call.http is not None or call.stream:
+            self.outboxes[key] = _streams.Outbox(conn, call.request_id)
+        task = self.user.loop.create_task(self._execute(call, self.outboxes.get(key)))
         self.running[key] = task
         task.add_done_callback(functools.partial(self._reply, conn, key, call))
 
@@ -392,7 +406,8 @@ class Replica:
             _decrement(self.wanted, call.model_id)
         if self.ongoing == 0:
             self.idle.set()
-        if conn.closed:
+        outbox = self.outboxes.pop(key, None)
+        if conn.closed or (outbox is not None and outbox.answered):
             return
         if task.cancelled():
             result = _failure(call.request_id, asyncio.CancelledError("request cancelled"))
@@ -400,7 +415,7 @@ class Replica:
             result = task.result()
         conn.send_nowait(result)
 
-    async def _execute(self, call: Call) -> Result:
+    async def _execute(self, call: Call, outbox: _streams.Outbox | None) -> Result:
         ctx = _context.RequestContext(
             request_id=call.trace_id or str(call.request_id),
             model_id=call.model_id,
@@ -416,36 +431,16 @@ class Replica:
                 value = await self.admin.run(call.method, args)
                 outcome, error = "OK", None
                 return self._success(call, value)
-            asgi = getattr(self.instance, "__modelplex_asgi__", None)
-            if call.http is not None and asgi is not None:  # @serve.ingress: the app answers
-                request = to_starlette(call.http)
-                value = await capture(asgi, request.scope, request.receive)
-                outcome, error = "OK", None
-                return self._success(call, value)
-            method = getattr(self.instance, call.method, None)
-            if method is None or not callable(method):
-                raise MethodNotFoundError(self.spec.deployment_id.name, call.method)
             if call.http is not None:
-                args, kwargs = (to_starlette(call.http),), {}
-            elif call.payload:
-                args, kwargs = pickle.loads(call.payload)
+                assert outbox is not None
+                result = await self._serve_http(call, outbox)
             else:
-                args, kwargs = (), {}
-            if inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(
-                getattr(method, "__call__", None)
-            ):
-                value = await method(*args, **kwargs)
-            else:
-                value = await asyncio.to_thread(method, *args, **kwargs)
-            if inspect.isawaitable(value):
-                value = await value
-            if call.http is not None:
-                value = await render(value)
+                result = await self._invoke(call, outbox)
             outcome, error = "OK", None
-            return self._success(call, value)
+            return result
         except HTTPException as exc:
             outcome, error = str(exc.status_code), type(exc).__name__
-            if call.http is None:
+            if call.http is None or (outbox is not None and outbox.started):
                 return _failure(call.request_id, exc, traceback.format_exc())
             return self._success(call, HTTPResult(*error_response(exc)))
         except UnserializableResultError as exc:  # its message says it all; logged here alone
@@ -468,11 +463,62 @@ class Replica:
             route = (call.http.scope.get("root_path") or "/") if call.http is not None else ""
             self.recorder.request(route, time.perf_counter() - started, error)
 
+    def _method(self, name: str) -> Any:
+        method = getattr(self.instance, name, None)
+        if method is None or not callable(method):
+            raise MethodNotFoundError(self.spec.deployment_id.name, name)
+        return method
+
+    async def _invoke(self, call: Call, outbox: _streams.Outbox | None) -> Result:
+        """A handle's call: the method's value, or its generator's items streamed (Ray's rules:
+        ``stream=True`` needs a generator, and a generator needs ``stream=True``)."""
+        method = self._method(call.method)
+        args, kwargs = pickle.loads(call.payload) if call.payload else ((), {})
+        value = await _run(method, args, kwargs)
+        if call.stream:
+            if not _streams.is_generator(value):
+                raise TypeError(
+                    f"Called method '{call.method}' with `handle.options(stream=True)` but it "
+                    f"did not return a generator."
+                )
+            assert outbox is not None
+            await _streams.pump(value, outbox.put)
+            return Result(call.request_id, True, _streams.NONE)
+        if _streams.is_generator(value):
+            await _streams.close(value)
+            raise TypeError(
+                f"Method '{call.method}' returned a generator. You must use "
+                f"`handle.options(stream=True)` to call generators on a deployment."
+            )
+        return self._success(call, value)
+
+    async def _serve_http(self, call: Call, outbox: _streams.Outbox) -> Result | None:
+        """An HTTP request: a whole response is one Result; a streamed one goes out through the
+        outbox as it is produced (and ``None`` here: it was answered as it ended)."""
+        assert call.http is not None
+        request = to_starlette(call.http)
+        asgi = getattr(self.instance, "__modelplex_asgi__", None)
+        if asgi is None:
+            value = await _run(self._method(call.method), (request,), {})
+            if not _streams.streams_over_http(value):
+                return self._success(call, await render(value))  # the fast path
+        sink = _streams.HTTPSink(
+            outbox, lambda whole: outbox.answer(self._success(call, whole))
+        )
+        if asgi is not None:  # @serve.ingress: the app answers, streaming or not
+            await asgi(request.scope, request.receive, sink.send)
+        else:
+            await _streams.stream_http(value, sink)
+        if not sink.complete:
+            if sink.streaming:  # the app returned mid-body: end the stream where it is
+                outbox.answer(Result(call.request_id, True, _streams.NONE))
+            else:
+                raise RuntimeError("the ASGI app returned without completing its response")
+        return None
+
     def _success(self, call: Call, value: Any) -> Result:
         try:
-            if type(value) in _PLAIN_VALUES:  # the standard pickler, at twice cloudpickle's speed
-                return Result(call.request_id, True, pickle.dumps(value, protocol=5))
-            return Result(call.request_id, True, cloudpickle.dumps(value, protocol=5))
+            return Result(call.request_id, True, _streams.dumps(value))
         except Exception as exc:
             error = UnserializableResultError(
                 f"the return value of {self.spec.deployment_id.name}.{call.method}, of type "
@@ -480,10 +526,6 @@ class Replica:
             )
             logger.error("%s", error)
             return _failure(call.request_id, error)
-
-
-# Return values that pickle the same with or without cloudpickle.
-_PLAIN_VALUES = frozenset({HTTPResult, str, bytes, int, float, bool, type(None)})
 
 
 def _log_failure(exc: Exception) -> int:
@@ -506,6 +548,21 @@ def _failure(request_id: int, exc: BaseException, tb: str = "") -> Result:
     except Exception:
         payload = cloudpickle.dumps(RemoteError(type(exc).__qualname__, str(exc), tb))
     return Result(request_id, False, payload, tb)
+
+
+async def _run(method: Any, args: tuple, kwargs: dict) -> Any:
+    """Call a request's method: async ones on the user loop, sync ones in a thread (so they may
+    block), generator functions directly (making the generator runs none of its code)."""
+    if (inspect.iscoroutinefunction(method)
+            or inspect.iscoroutinefunction(getattr(method, "__call__", None))):
+        value = await method(*args, **kwargs)
+    elif inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
+        value = method(*args, **kwargs)
+    else:
+        value = await asyncio.to_thread(method, *args, **kwargs)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 async def _call(method: Any, *args: Any) -> Any:

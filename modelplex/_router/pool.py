@@ -18,7 +18,8 @@ import random
 from typing import Any, Awaitable, Callable, Protocol
 
 from .._errors import ReplicaDiedError
-from .._messages import Call, Cancel, ModelsUpdate, Result, Touch
+from .._messages import Call, Cancel, Chunk, Credit, ModelsUpdate, Result, Touch
+from .._streams import ReplyStream
 from .._transport import Channel, ConnectionClosed
 from .registry import ReplicaView
 
@@ -48,9 +49,10 @@ class RunningReplica(Protocol):
 
     replica_id: str
 
-    def call(self, call: Call) -> "asyncio.Future[Result]":
-        """Send ``call``; the future resolves with its result. ``NotSent`` if it could not be
-        written; ``ReplicaDiedError`` through the future if the connection dies first."""
+    def call(self, call: Call) -> "asyncio.Future[Result | ReplyStream]":
+        """Send ``call``; the future resolves with its result, or with a ``ReplyStream`` when
+        the reply streams. ``NotSent`` if it could not be written; ``ReplicaDiedError``
+        through the future (or the stream) if the connection dies first."""
 
     def cancel(self, request_id: int) -> None: ...
 
@@ -64,8 +66,13 @@ class ChannelReplica:
         self.replica_id = replica_id
         self.channel = channel
         self.inflight: dict[int, asyncio.Future] = {}
+        self.streams: dict[int, ReplyStream] = {}  # replies under way, chunk by chunk
 
-    def call(self, call: Call) -> "asyncio.Future[Result]":
+    @property
+    def busy(self) -> bool:
+        return bool(self.inflight or self.streams)
+
+    def call(self, call: Call) -> "asyncio.Future[Result | ReplyStream]":
         if self.channel.closed:
             raise NotSent()
         try:
@@ -81,6 +88,7 @@ class ChannelReplica:
         future = self.inflight.pop(request_id, None)
         if future is not None and not future.done():
             future.cancel()
+        self.streams.pop(request_id, None)
         self._send_quietly(Cancel(request_id))
 
     def touch(self, model_id: str) -> None:
@@ -94,14 +102,38 @@ class ChannelReplica:
 
     def resolve(self, result: Result) -> None:
         future = self.inflight.pop(result.request_id, None)
-        if future is not None and not future.done():
-            future.set_result(result)
+        if future is not None:
+            if not future.done():
+                future.set_result(result)
+            return
+        stream = self.streams.pop(result.request_id, None)
+        if stream is not None:
+            stream.finish(result)
+
+    def chunk(self, chunk: Chunk) -> None:
+        """The first chunk of a reply turns its call's future into a ``ReplyStream``."""
+        request_id = chunk.request_id
+        stream = self.streams.get(request_id)
+        if stream is None:
+            future = self.inflight.pop(request_id, None)
+            if future is None or future.done():
+                return  # the caller left; its Cancel is on the way
+            stream = ReplyStream(
+                lambda n: self._send_quietly(Credit(request_id, n)),
+                lambda: self.cancel(request_id),
+            )
+            self.streams[request_id] = stream
+            future.set_result(stream)
+        stream.push(chunk.payload)
 
     def fail(self, error: BaseException) -> None:
         inflight, self.inflight = self.inflight, {}
         for future in inflight.values():
             if not future.done():
                 future.set_exception(error)
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.fail(error)
 
 
 class Pool:
@@ -142,7 +174,7 @@ class Pool:
             task = self._tasks.get(view)
             if task is not None:
                 task.cancel()
-        elif not running.inflight:
+        elif not running.busy:
             running.channel.close()
 
     async def close(self) -> None:
@@ -198,8 +230,10 @@ class Pool:
                 message = await channel.recv()
                 if isinstance(message, Result):
                     running.resolve(message)
-                    if not view.listed and not running.inflight:
+                    if not view.listed and not running.busy:
                         return  # drained after the controller dropped it
+                elif isinstance(message, Chunk):
+                    running.chunk(message)
                 elif isinstance(message, ModelsUpdate):
                     self._on_update(view, message)
         except ConnectionClosed:

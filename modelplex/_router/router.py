@@ -15,6 +15,7 @@ the sleep and the random source are injected, so the tests drive time themselves
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import pickle
@@ -44,6 +45,7 @@ from .._messages import (
     RouterReport,
 )
 from .._routing import Choice, Reason, SpillMeter, choose_replica
+from .._streams import ReplyStream
 from .pool import ChannelReplica, Dialer, NotSent, Pool, RunningReplica, Sleep
 from .queue import Group, WaitQueue
 from .registry import ReplicaRegistry, ReplicaView
@@ -143,9 +145,14 @@ class Router:
         http: HTTPRequest | None = None,
         trace_id: str = "",
         on_replica: Callable[[str], None] | None = None,
+        stream: bool = False,
     ) -> Any:
         """Route one request, send it, and return its result (or raise the remote error).
-        ``on_replica`` hears the replica it is sent to (the proxy's access log names it)."""
+
+        A reply that streams comes back as a ``ReplyStream`` (always so with ``stream``; an
+        HTTP response whose body comes in pieces too); its slot on the replica stays taken
+        until the stream ends. ``on_replica`` hears the replica it is sent to (the proxy's
+        access log names it)."""
         self._start()
         payload = _encode_args(args, kwargs or {}) if (args or kwargs) else b""
         for _ in range(SEND_ATTEMPTS):
@@ -153,7 +160,7 @@ class Router:
             if on_replica is not None:
                 on_replica(slot.view.replica_id)
             try:
-                return self._decode(await self._send(slot, method, payload, http, trace_id), method)
+                reply = await self._send(slot, method, payload, http, trace_id, stream)
             except NotSent:
                 # Nothing ran. Stop placing on that connection now (the pool redials it) and
                 # try another replica.
@@ -161,6 +168,15 @@ class Router:
                     slot.view.running = None
                     slot.view.changed()
                 continue
+            if isinstance(reply, ReplyStream):
+                reply.decode_item = functools.partial(self._decode_item, method)
+                reply.decode_end = functools.partial(self._decode, method=method)
+                return reply
+            if stream:  # it ended before a first chunk: empty, or failed
+                ended = ReplyStream.ended(reply)
+                ended.decode_end = functools.partial(self._decode, method=method)
+                return ended
+            return self._decode(reply, method)
         raise ReplicaDiedError(slot.view.replica_id, "connection lost")
 
     async def call_replica(self, replica_id: str, method: str, *args: Any) -> Any:
@@ -171,7 +187,7 @@ class Router:
         payload = _encode_args(args, {}) if args else b""
         slot = Slot(view, view.running, "", view.reserve(""))
         try:
-            return self._decode(await self._send(slot, method, payload, None, ""), method)
+            return self._decode(await self._send(slot, method, payload, None, "", False), method)
         except NotSent:
             raise ReplicaDiedError(replica_id, "connection lost") from None
 
@@ -410,22 +426,43 @@ class Router:
     # ---- sending -----------------------------------------------------------------------------
 
     async def _send(
-        self, slot: Slot, method: str, payload: bytes, http: HTTPRequest | None, trace_id: str
-    ) -> Result:
-        """Send one call on a reserved slot and wait for its result; the slot ends with it."""
+        self, slot: Slot, method: str, payload: bytes, http: HTTPRequest | None, trace_id: str,
+        stream: bool,
+    ) -> Result | ReplyStream:
+        """Send one call on a reserved slot and wait for its reply; the slot ends with the
+        reply, or with the stream when the reply streams."""
         request_id = next(self._ids)
+        kept = False
         try:
             future = slot.running.call(
-                Call(request_id, method, payload, slot.model_id, http, trace_id)
+                Call(request_id, method, payload, slot.model_id, http, trace_id, stream)
             )
             try:
-                return await future
+                reply = await future
             except asyncio.CancelledError:
                 slot.running.cancel(request_id)
                 raise
+            if isinstance(reply, ReplyStream) and not reply.finished:
+                reply.on_end = functools.partial(self._end_slot, slot)
+                kept = True
+            return reply
         finally:
-            slot.view.release(slot.model_id, slot.loads)
-            self._drain()
+            if not kept:
+                self._end_slot(slot)
+
+    def _end_slot(self, slot: Slot) -> None:
+        slot.view.release(slot.model_id, slot.loads)
+        self._drain()
+
+    def _decode_item(self, method: str, payload: bytes) -> Any:
+        try:
+            return pickle.loads(payload)
+        except Exception as exc:
+            raise RemoteError(
+                "UnpicklingError",
+                f"an item streamed by {self.deployment_id.name}.{method} cannot be unpickled "
+                f"here: {type(exc).__name__}: {exc}",
+            ) from None
 
     def _decode(self, result: Result, method: str) -> Any:
         try:

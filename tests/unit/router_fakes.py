@@ -16,6 +16,7 @@ from modelplex._memory import MemoryNetwork
 from modelplex._messages import (
     Call,
     Cancel,
+    Credit,
     DeploymentID,
     ModelsUpdate,
     ReplicaInfo,
@@ -108,6 +109,7 @@ class FakeReplica:
         self.calls: list[Call] = []
         self.touches: list[str] = []
         self.cancels: list[int] = []
+        self.credits: list[tuple[int, int]] = []
         self.channels: set = set()
         net.listen(self.info.address, self._handle)
 
@@ -140,6 +142,8 @@ class FakeReplica:
                 self.touches.append(message.model_id)
             elif isinstance(message, Cancel):
                 self.cancels.append(message.request_id)
+            elif isinstance(message, Credit):
+                self.credits.append((message.request_id, message.n))
 
     def _answer(self, channel, call: Call) -> None:
         if call.model_id and call.model_id not in self.loaded:

@@ -33,6 +33,7 @@ EXPORTED = {
     "DeploymentHandle",
     "DeploymentNotFoundError",
     "DeploymentResponse",
+    "DeploymentResponseGenerator",
     "DeploymentStatus",
     "HTTPOptions",
     "HeadersTooLargeError",
@@ -85,7 +86,7 @@ EXPORTED = {
 MODULES = {
     "config": {"AutoscalingConfig", "HTTPOptions"},
     "exceptions": {name for name in EXPORTED if name.endswith("Error")},
-    "handle": {"DeploymentHandle", "DeploymentResponse"},
+    "handle": {"DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"},
 }
 
 

@@ -6,12 +6,13 @@ No processes, no sockets, no sleeping: each test runs in milliseconds.
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import pytest
 
 from modelplex._errors import BackPressureError, ReplicaDiedError
 from modelplex._memory import MemoryNetwork
-from modelplex._messages import ModelsUpdate, ReplicaInfo, ReplicaSet
+from modelplex._messages import Chunk, ModelsUpdate, ReplicaInfo, ReplicaSet, Result
 from modelplex._router import router as router_module
 from modelplex._router.registry import ReplicaRegistry, ReplicaView
 from modelplex._routing import rendezvous_order
@@ -359,3 +360,64 @@ async def test_a_request_for_a_deployment_with_no_replica_is_reported_at_once(wo
     assert [r.queued for r in directory.reports] == [1]
     waiting.cancel()
     await settle()
+
+
+# ---- streams ---------------------------------------------------------------------------------
+
+
+async def test_a_stream_keeps_its_slot_until_it_ends_and_returns_credit(world):
+    net, _, _, make = world
+    a = FakeReplica(net, "a", max_ongoing=1)
+    router = await make(a)
+    call = start(router, "m", stream=True)
+    await settle()
+    channel, sent = a.pending.pop()
+    for i in range(9):
+        channel.send_nowait(Chunk(sent.request_id, pickle.dumps(i)))
+    await settle()
+    stream = call.result()
+    assert await stream.next_batch() == list(range(9))
+    await settle()
+    assert a.credits == [(sent.request_id, 9)]
+    waiting = start(router, "m")  # the one slot is the stream's
+    await settle()
+    assert len(a.calls) == 1 and not waiting.done()
+    channel.send_nowait(Result(sent.request_id, True, pickle.dumps(None)))
+    await settle()
+    assert await stream.next_batch() == []
+    await settle()
+    assert len(a.calls) == 2  # the slot came free when the stream ended
+    await a.reply_all()
+    assert await waiting == "a"
+
+
+async def test_a_stream_closed_by_its_reader_is_cancelled_in_the_replica(world):
+    net, _, _, make = world
+    a = FakeReplica(net, "a", max_ongoing=1)
+    router = await make(a)
+    call = start(router, "", stream=True)
+    await settle()
+    channel, sent = a.pending.pop()
+    channel.send_nowait(Chunk(sent.request_id, pickle.dumps("first")))
+    await settle()
+    stream = call.result()
+    stream.close()
+    await settle()
+    assert a.cancels == [sent.request_id]
+    assert router._registry.get("a").ongoing == 0
+
+
+async def test_a_stream_on_a_lost_connection_fails_with_replica_died(world):
+    net, _, _, make = world
+    a = FakeReplica(net, "a")
+    router = await make(a)
+    call = start(router, "", stream=True)
+    await settle()
+    channel, sent = a.pending.pop()
+    channel.send_nowait(Chunk(sent.request_id, pickle.dumps(0)))
+    await settle()
+    stream = call.result()
+    net.sever(a.address)
+    await settle()
+    with pytest.raises(ReplicaDiedError):  # items not yet read are dropped with the connection
+        await stream.next_batch()

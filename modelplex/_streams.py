@@ -1,0 +1,381 @@
+"""Streamed replies, both ends: chunks leave the replica as they are produced.
+
+A generator's items (or an HTTP response's body pieces) travel as ``Chunk`` messages ahead of
+the request's ``Result``, which ends the stream. The replica sends at most ``WINDOW`` chunks of
+a stream beyond what its caller has consumed, and the caller returns ``Credit`` every
+``CREDIT_EVERY`` chunks it takes, so a slow reader pauses the generator itself: neither side
+ever holds more than a window of a stream in memory, and one slow stream never stalls the
+others sharing its connection (TCP's own flow control would).
+
+The replica's end is the ``Outbox`` (and ``HTTPSink``, which streams an ASGI response only if
+its body comes in pieces); the caller's end is the ``ReplyStream``, read by the proxy and by
+``DeploymentResponseGenerator``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextvars
+import inspect
+import json
+import os
+import pickle
+from typing import Any, Awaitable, Callable
+
+import cloudpickle
+from starlette.concurrency import iterate_in_threadpool
+from starlette.responses import StreamingResponse
+
+from ._http import json_default  # numpy values, as whole responses encode them
+from ._messages import Chunk, HTTPResult, Result
+
+__all__ = [
+    "CREDIT_EVERY",
+    "WINDOW",
+    "HTTPSink",
+    "Outbox",
+    "ReplyStream",
+    "dumps",
+    "close",
+    "is_generator",
+    "pump",
+    "stream_http",
+    "streams_over_http",
+]
+
+WINDOW = 32  # chunks a stream may run ahead of its reader
+CREDIT_EVERY = 8  # the reader returns credit in steps of this many chunks
+
+# Return values that pickle the same with or without cloudpickle (the standard pickler is
+# twice as fast).
+_PLAIN_VALUES = frozenset({HTTPResult, str, bytes, int, float, bool, type(None)})
+NONE = pickle.dumps(None, protocol=5)
+
+
+def dumps(value: Any) -> bytes:
+    if type(value) in _PLAIN_VALUES:
+        return pickle.dumps(value, protocol=5)
+    return cloudpickle.dumps(value, protocol=5)
+
+
+def is_generator(value: Any) -> bool:
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+async def close(gen: Any) -> None:
+    """Close a generator that will not be read (one not started runs none of its code)."""
+    if inspect.isasyncgen(gen):
+        await gen.aclose()
+    else:
+        gen.close()
+
+
+# ---- the replica's end ----------------------------------------------------------------------
+
+
+class Outbox:
+    """Sends one request's reply: its chunks within the credit window, then its Result.
+
+    ``answer`` may come before the request's task ends (an HTTP response is complete before
+    its background tasks run), so the replica asks ``answered`` before replying itself."""
+
+    __slots__ = ("_conn", "request_id", "_ahead", "_room", "started", "answered")
+
+    def __init__(self, conn: Any, request_id: int) -> None:
+        self._conn = conn
+        self.request_id = request_id
+        self._ahead = 0  # chunks sent and not yet credited
+        self._room: asyncio.Future | None = None
+        self.started = False  # a chunk has been sent: errors now end the stream
+        self.answered = False
+
+    async def put(self, item: Any) -> None:
+        while self._ahead >= WINDOW:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        self._conn.send_nowait(Chunk(self.request_id, dumps(item)))
+        self._ahead += 1
+        self.started = True
+
+    def credit(self, n: int) -> None:
+        self._ahead -= n
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    def answer(self, result: Result) -> None:
+        self.answered = True
+        if not self._conn.closed:
+            self._conn.send_nowait(result)
+
+
+# Sync generators step in threads of their own pool: a step that outlives a cancelled stream
+# must finish before the generator can be closed, and only a future of the pool says when.
+_steps: concurrent.futures.ThreadPoolExecutor | None = None
+_DONE = object()
+
+
+def _step(gen: Any) -> Any:
+    return next(gen, _DONE)
+
+
+def _thread_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _steps
+    if _steps is None:
+        _steps = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="modelplex-stream"
+        )
+    return _steps
+
+
+async def pump(gen: Any, put: Callable[[Any], Awaitable[None]]) -> None:
+    """Feed a generator's items to ``put``, and close the generator however this ends (its
+    ``finally`` blocks run when a client goes away, not when the garbage collector gets it).
+    Any async iterable works; a sync generator steps in a thread."""
+    if not inspect.isgenerator(gen):
+        try:
+            async for item in gen:
+                await put(item)
+        finally:
+            aclose = getattr(gen, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return
+    context = contextvars.copy_context()  # get_multiplexed_model_id() works in the thread
+    pool = _thread_pool()
+    step: concurrent.futures.Future | None = None
+    try:
+        while True:
+            step = pool.submit(context.run, _step, gen)
+            item = await asyncio.wrap_future(step)
+            step = None
+            if item is _DONE:
+                return
+            await put(item)
+    finally:
+        if step is not None and not step.done():
+            step.add_done_callback(lambda _: gen.close())  # after the step under way
+        else:
+            await asyncio.wrap_future(pool.submit(context.run, gen.close))
+
+
+class HTTPSink:
+    """Receives one ASGI response. A body that comes in one message makes one ``HTTPResult``
+    (the fast path: one reply message); a body in pieces streams, head first, as it comes."""
+
+    __slots__ = ("_outbox", "_whole", "_status", "_headers", "streaming", "complete")
+
+    def __init__(self, outbox: Outbox, whole: Callable[[HTTPResult], None]) -> None:
+        self._outbox = outbox
+        self._whole = whole  # answers a response that came in one piece
+        self._status = 500
+        self._headers: tuple[tuple[bytes, bytes], ...] = ()
+        self.streaming = False
+        self.complete = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._status = message["status"]
+            self._headers = tuple((bytes(k), bytes(v)) for k, v in message.get("headers", ()))
+            return
+        if kind != "http.response.body" or self.complete:
+            return
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        if not self.streaming:
+            if not more:
+                self.complete = True
+                self._whole(HTTPResult(self._status, self._headers, bytes(body)))
+                return
+            self.streaming = True
+            await self._outbox.put(HTTPResult(self._status, self._headers, b""))
+        if body:
+            await self._outbox.put(bytes(body))
+        if not more:
+            self.complete = True
+            self._outbox.answer(Result(self._outbox.request_id, True, NONE))
+
+
+def streams_over_http(value: Any) -> bool:
+    """Whether a handler's return value is sent in pieces: a ``StreamingResponse`` or a bare
+    generator (anything else is rendered whole, the fast path)."""
+    return isinstance(value, StreamingResponse) or is_generator(value)
+
+
+async def stream_http(value: Any, sink: HTTPSink) -> None:
+    if isinstance(value, StreamingResponse):
+        await _stream_response(value, sink)
+    else:
+        await _stream_items(value, sink)
+
+
+async def _stream_response(response: StreamingResponse, sink: HTTPSink) -> None:
+    """What ``StreamingResponse.__call__`` does, but closing its iterator when the stream ends
+    early (Starlette leaves that to the garbage collector, and a sync iterator's thread may
+    keep it alive for seconds after)."""
+    await sink.send({"type": "http.response.start", "status": response.status_code,
+                     "headers": response.raw_headers})
+    charset = response.charset
+
+    async def put(chunk: Any) -> None:
+        if not isinstance(chunk, (bytes, memoryview)):
+            chunk = chunk.encode(charset)
+        await sink.send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    await pump(_unwrap(response.body_iterator), put)
+    await sink.send({"type": "http.response.body", "body": b"", "more_body": False})
+    if response.background is not None:
+        await response.background()
+
+
+def _unwrap(body: Any) -> Any:
+    """The sync iterator a ``StreamingResponse`` wrapped with ``iterate_in_threadpool``, so
+    that ``pump`` steps it and closes it itself; any other body as it is."""
+    frame = getattr(body, "ag_frame", None)
+    if frame is None or body.ag_code is not iterate_in_threadpool.__code__:
+        return body
+    inner = iter(frame.f_locals.get("iterator", ()))
+    if inspect.isgenerator(inner):
+        return inner
+    return _as_generator(inner)
+
+
+def _as_generator(iterator: Any) -> Any:
+    try:
+        yield from iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+async def _stream_items(gen: Any, sink: HTTPSink) -> None:
+    """A handler that is itself a generator, over HTTP: str items as UTF-8 text, bytes as they
+    are, anything else as JSON lines; the first item decides the content type."""
+    started = False
+
+    async def put(item: Any) -> None:
+        nonlocal started
+        if not started:
+            started = True
+            await sink.send({"type": "http.response.start", "status": 200,
+                             "headers": [(b"content-type", _media_type(item))]})
+        await sink.send({"type": "http.response.body", "body": _encode_item(item),
+                         "more_body": True})
+
+    await pump(gen, put)
+    if not started:
+        await sink.send({"type": "http.response.start", "status": 200,
+                         "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await sink.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _media_type(item: Any) -> bytes:
+    if isinstance(item, str):
+        return b"text/plain; charset=utf-8"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return b"application/octet-stream"
+    return b"application/x-ndjson"
+
+
+def _encode_item(item: Any) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    return json.dumps(item, ensure_ascii=False, separators=(",", ":"), default=json_default).encode() + b"\n"
+
+
+# ---- the caller's end -----------------------------------------------------------------------
+
+
+class ReplyStream:
+    """The caller's end of one streamed reply, on the router's loop: items in order, then the
+    end, or the error the generator raised.
+
+    ``close`` stops it early (a client went away, the caller cancelled or dropped it): the
+    replica is told to cancel, which closes the generator there. ``on_end`` runs once, however
+    the stream ends (the router frees the request's slot in it)."""
+
+    def __init__(self, credit: Callable[[int], None], cancel: Callable[[], None]) -> None:
+        self._items: collections.deque[bytes] = collections.deque()
+        self._end: Result | None = None
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future | None = None
+        self._taken = 0
+        self._credit = credit
+        self._cancel = cancel
+        self.on_end: Callable[[], None] | None = None
+        self.decode_item: Callable[[bytes], Any] = pickle.loads
+        self.decode_end: Callable[[Result], Any] = lambda result: None
+
+    @classmethod
+    def ended(cls, result: Result) -> "ReplyStream":
+        """A stream that ended before its first chunk: empty, or failed."""
+        stream = cls(lambda n: None, lambda: None)
+        stream.finish(result)
+        return stream
+
+    @property
+    def finished(self) -> bool:
+        return self._end is not None or self._error is not None
+
+    # -- the connection's reader feeds it --
+
+    def push(self, payload: bytes) -> None:
+        self._items.append(payload)
+        self._wake()
+
+    def finish(self, result: Result) -> None:
+        if not self.finished:
+            self._end = result
+            self._ended()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.finished:
+            self._error = error
+            self._items.clear()
+            self._ended()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """The caller is done with it early: cancel the rest at the replica."""
+        if not self.finished:
+            self._cancel()
+            self.fail(error or asyncio.CancelledError("the stream was cancelled"))
+
+    def _ended(self) -> None:
+        self._wake()
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the caller reads it --
+
+    async def next_batch(self) -> list[Any]:
+        """The items that arrived since the last call (at least one, waiting for it); ``[]``
+        once the stream has ended; raises what the generator raised, after its items."""
+        while not self._items and not self.finished:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        if self._items:
+            payloads = list(self._items)
+            self._items.clear()
+            if not self.finished:
+                self._taken += len(payloads)
+                if self._taken >= CREDIT_EVERY:
+                    self._credit(self._taken)
+                    self._taken = 0
+            return [self.decode_item(payload) for payload in payloads]
+        if self._error is not None:
+            raise self._error
+        assert self._end is not None
+        self.decode_end(self._end)  # raises the remote error, if the generator failed
+        return []
