@@ -179,7 +179,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.streaming", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--quick", action="store_true", help="a shorter window: ~1 minute with Ray")
+    add("--quick", action="store_true", help="a shorter window: ~75 s for both systems")
     add("--systems", default="modelplex,ray", help="comma-separated: modelplex, ray")
     add("--paths", default=",".join(PATHS), help="comma-separated: http, handle")
     add("--concurrency", type=int, default=100, help="streams open at once")
