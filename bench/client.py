@@ -23,7 +23,8 @@ import time
 from collections import Counter
 from typing import Awaitable, Callable, Sequence
 
-__all__ = ["closed_loop", "percentile", "run_client_module", "run_http_client", "summarize"]
+__all__ = ["client_main", "closed_loop", "percentile", "run_client_module", "run_http_client",
+           "summarize"]
 
 HEADER = "serve_multiplexed_model_id"
 
@@ -157,14 +158,16 @@ def run_client_module(module: str, spec: dict, cwd: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def client_main(run_spec: Callable[[dict], Awaitable[dict]]) -> None:
+    """A client module's entry point, for ``run_client_module``: the spec from stdin, its
+    figures as one JSON line on stdout."""
     spec = json.loads(sys.stdin.read())
     try:
         from uvloop import run  # a faster client loop: the client must not be the bottleneck
     except ImportError:  # pragma: no cover - uvloop comes with modelplex on POSIX
         run = asyncio.run
-    print(json.dumps(run(_http(spec))))
+    print(json.dumps(run(run_spec(spec))))
 
 
 if __name__ == "__main__":
-    main()
+    client_main(_http)

@@ -6,7 +6,9 @@
 ``uvicorn`` (a bare ASGI app: the floor). The driver prints ``BENCH READY <seconds> {json}``
 once ``serve.run`` has returned (or ``BENCH SKIP <why>``), then reads JSON commands on stdin:
 ``{"cmd": "handle", ...}`` runs a closed loop of ``handle.remote()`` calls from this process
-and prints ``BENCH RESULT {json}``; ``{"cmd": "stop"}`` or end of input shuts down.
+and prints ``BENCH RESULT {json}``; ``{"cmd": "call", "method": m, "args": [...]}`` calls the
+ingress's method ``m`` once and prints its answer the same way; ``{"cmd": "stop"}`` or end of
+input shuts down.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ def build(serve: Any, config: dict) -> Any:
         from .batching import batched_app
 
         return batched_app(serve, **config["app_kwargs"])
+    if config["app"] == "streaming":
+        from .streaming import streaming_app
+
+        return streaming_app(serve, **config["app_kwargs"])
     return multiplexed_app(serve, **config["app_kwargs"])
 
 
@@ -63,6 +69,9 @@ def serve_commands(handle: Any) -> None:
             return
         if command["cmd"] == "handle":
             say("RESULT", json.dumps(handle_load(handle, command)))
+        if command["cmd"] == "call":  # one call of an ingress method; its answer is the result
+            method = getattr(handle, command["method"])
+            say("RESULT", json.dumps(method.remote(*command.get("args", ())).result()))
 
 
 def run_modelplex(config: dict) -> None:

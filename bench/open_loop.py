@@ -10,12 +10,10 @@ cannot hide a slow server either. Runs in its own process, as ``bench.client`` d
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from collections import Counter
 
-from .client import HEADER, percentile, run_client_module
+from .client import HEADER, client_main, percentile, run_client_module
 
 __all__ = ["open_loop", "run_open_loop"]
 
@@ -78,15 +76,6 @@ def run_open_loop(spec: dict, cwd: str) -> dict:
     return run_client_module("bench.open_loop", spec, cwd)
 
 
-def main() -> None:
-    spec = json.loads(sys.stdin.read())
-    try:
-        from uvloop import run
-    except ImportError:  # pragma: no cover - uvloop comes with modelplex on POSIX
-        run = asyncio.run
-    print(json.dumps(run(open_loop(spec["url"], spec["times"], spec["ids"],
-                                   spec.get("timeout_s", 60.0), spec.get("until", 0.0)))))
-
-
 if __name__ == "__main__":
-    main()
+    client_main(lambda spec: open_loop(spec["url"], spec["times"], spec["ids"],
+                                       spec.get("timeout_s", 60.0), spec.get("until", 0.0)))
