@@ -428,3 +428,19 @@ def test_an_ingress_stream_is_closed_when_its_client_goes_away(serve_instance, t
     wait_until(lambda: f"closed {tag}" in read_events(events), timeout=5,
                message="the generator's finally did not run")
     assert time.monotonic() - left < 1.0
+
+
+@serve.deployment(max_ongoing_requests=16)
+class BatchedStreams:
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.2)
+    async def tokens(self, lengths: list[int]):
+        for i in range(max(lengths)):
+            yield [(i, len(lengths)) if i < n else StopIteration for n in lengths]
+
+
+def test_a_batched_generator_streams_each_callers_items_through_handles(serve_instance):
+    h = serve.run(BatchedStreams.bind()).options(stream=True)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        streams = list(pool.map(lambda n: list(h.tokens.remote(n)), [1, 2, 3, 4]))
+    assert [[i for i, _ in items] for items in streams] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
+    assert {size for items in streams for _, size in items} == {4}  # one batch of all four
