@@ -1,11 +1,11 @@
 """Streamed replies, both ends: chunks leave the replica as they are produced.
 
 A generator's items (or an HTTP response's body pieces) travel as ``Chunk`` messages ahead of
-the request's ``Result``, which ends the stream. The replica sends at most ``WINDOW`` chunks of
-a stream beyond what its caller has consumed, and the caller returns ``Credit`` every
-``CREDIT_EVERY`` chunks it takes, so a slow reader pauses the generator itself: neither side
-ever holds more than a window of a stream in memory, and one slow stream never stalls the
-others sharing its connection (TCP's own flow control would).
+the request's ``Result``, which ends the stream. The replica sends a stream's chunks only
+while fewer than ``WINDOW`` chunks and ``WINDOW_BYTES`` bytes of it are unconsumed, and the
+caller returns ``Credit`` as it takes them, so a slow reader pauses the generator itself:
+neither side holds more than a window (and one chunk) of a stream in memory, and one slow
+stream never stalls the others sharing its connection (TCP's own flow control would).
 
 The replica's end is the ``Outbox`` (and ``HTTPSink``, which streams an ASGI response only if
 its body comes in pieces); the caller's end is the ``ReplyStream``, read by the proxy and by
@@ -32,8 +32,10 @@ from ._http import json_default  # numpy values, as whole responses encode them
 from ._messages import Chunk, HTTPResult, Result
 
 __all__ = [
+    "CREDIT_BYTES",
     "CREDIT_EVERY",
     "WINDOW",
+    "WINDOW_BYTES",
     "HTTPSink",
     "Outbox",
     "ReplyStream",
@@ -48,7 +50,9 @@ __all__ = [
 ]
 
 WINDOW = 32  # chunks a stream may run ahead of its reader
+WINDOW_BYTES = 4 << 20  # and bytes
 CREDIT_EVERY = 8  # the reader returns credit in steps of this many chunks
+CREDIT_BYTES = 1 << 20  # or of this many bytes, whichever comes first
 
 # Return values that pickle the same with or without cloudpickle (the standard pickler is
 # twice as fast).
@@ -80,29 +84,39 @@ async def close(gen: Any) -> None:
 class Outbox:
     """Sends one request's reply: its chunks within the credit window, then its Result.
 
-    ``answer`` may come before the request's task ends (an HTTP response is complete before
-    its background tasks run), so the replica asks ``answered`` before replying itself."""
+    The window counts chunks and bytes: another chunk goes while fewer than ``WINDOW`` chunks
+    and ``WINDOW_BYTES`` bytes are out and not yet credited, so at most a window and one chunk
+    are in flight. The reader credits at least every ``CREDIT_EVERY`` chunks or
+    ``CREDIT_BYTES`` bytes, both under the window, so a reader that waits has always freed
+    room for the next chunk. ``answer`` may
+    come before the request's task ends (an HTTP response is complete before its background
+    tasks run), so the replica asks ``answered`` before replying itself."""
 
-    __slots__ = ("_conn", "request_id", "_ahead", "_room", "started", "answered")
+    __slots__ = ("_conn", "request_id", "_sizes", "_bytes", "_room", "started", "answered")
 
     def __init__(self, conn: Any, request_id: int) -> None:
         self._conn = conn
         self.request_id = request_id
-        self._ahead = 0  # chunks sent and not yet credited
+        self._sizes: collections.deque[int] = collections.deque()  # sent, not yet credited
+        self._bytes = 0
         self._room: asyncio.Future | None = None
         self.started = False  # a chunk has been sent: errors now end the stream
         self.answered = False
 
     async def put(self, item: Any) -> None:
-        while self._ahead >= WINDOW:
+        payload = dumps(item)
+        while len(self._sizes) >= WINDOW or self._bytes >= WINDOW_BYTES:
             self._room = asyncio.get_running_loop().create_future()
             await self._room
-        self._conn.send_nowait(Chunk(self.request_id, dumps(item)))
-        self._ahead += 1
+        self._conn.send_nowait(Chunk(self.request_id, payload))
+        self._sizes.append(len(payload))
+        self._bytes += len(payload)
         self.started = True
 
     def credit(self, n: int) -> None:
-        self._ahead -= n
+        sizes = self._sizes
+        for _ in range(min(n, len(sizes))):
+            self._bytes -= sizes.popleft()
         room, self._room = self._room, None
         if room is not None and not room.done():
             room.set_result(None)
@@ -301,7 +315,8 @@ class ReplyStream:
         self._end: Result | None = None
         self._error: BaseException | None = None
         self._waiter: asyncio.Future | None = None
-        self._taken = 0
+        self._taken = 0  # chunks consumed and not yet credited
+        self._taken_bytes = 0
         self._credit = credit
         self._cancel = cancel
         self.on_end: Callable[[], None] | None = None
@@ -366,9 +381,10 @@ class ReplyStream:
             self._items.clear()
             if not self.finished:
                 self._taken += len(payloads)
-                if self._taken >= CREDIT_EVERY:
+                self._taken_bytes += sum(map(len, payloads))
+                if self._taken >= CREDIT_EVERY or self._taken_bytes >= CREDIT_BYTES:
                     self._credit(self._taken)
-                    self._taken = 0
+                    self._taken = self._taken_bytes = 0
             return [self.decode_item(payload) for payload in payloads]
         if self._error is not None:
             raise self._error

@@ -39,8 +39,9 @@ def test_an_outbox_runs_at_most_a_window_ahead_of_its_reader():
         outbox.credit(CREDIT_EVERY)
         await asyncio.sleep(0.01)
         assert len(conn.sent) == WINDOW + CREDIT_EVERY
-        outbox.credit(WINDOW * 3)
-        await producer
+        while not producer.done():  # the reader keeps up from here
+            outbox.credit(WINDOW)
+            await asyncio.sleep(0)
         assert [pickle.loads(c.payload) for c in conn.sent] == list(range(WINDOW * 3))
         assert all(isinstance(c, Chunk) and c.request_id == 7 for c in conn.sent)
 
@@ -155,5 +156,47 @@ def test_an_http_body_in_one_message_goes_whole_and_one_in_pieces_streams():
         items = [pickle.loads(m.payload) for m in conn.sent if isinstance(m, Chunk)]
         assert items == [HTTPResult(200, (), b""), b"1", b"2"]
         assert isinstance(conn.sent[-1], Result) and conn.sent[-1].ok
+
+    asyncio.run(main())
+
+
+def test_the_window_counts_bytes_and_a_waiting_reader_never_deadlocks_it():
+    """Small chunks the reader took without crediting yet, then a big one: the reader's wait
+    must not leave the replica waiting too."""
+    sizes = [10] * 5 + [3 << 20, 3 << 20, 3 << 20, 10]
+
+    async def main():
+        conn = FakeConn()
+        outbox = Outbox(conn, 1)
+        stream = ReplyStream(outbox.credit, lambda: None)
+
+        async def relay():  # what the connection would carry, chunk by chunk
+            sent = 0
+            while sent < len(sizes):
+                await asyncio.sleep(0)
+                for message in conn.sent[sent:]:
+                    stream.push(message.payload)
+                sent = len(conn.sent)
+
+        async def produce():
+            for size in sizes:
+                await outbox.put(b"x" * size)
+            stream.finish(Result(1, True, pickle.dumps(None)))
+
+        got = []
+
+        async def consume():
+            while batch := await stream.next_batch():
+                got.extend(len(item) for item in batch)
+
+        await asyncio.wait_for(asyncio.gather(relay(), produce(), consume()), 5)
+        assert got == sizes
+
+        conn = FakeConn()
+        outbox = Outbox(conn, 2)
+        producer = asyncio.ensure_future(pump(iter_async([b"x" * (3 << 20)] * 4), outbox.put))
+        await asyncio.sleep(0.01)
+        assert len(conn.sent) == 2  # 6 MiB out: past the 4 MiB window, so it waits
+        producer.cancel()
 
     asyncio.run(main())
