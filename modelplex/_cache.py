@@ -192,6 +192,14 @@ class LoadFailures:
         self._state.pop(model_id, None)
 
 
+def mark_logged(exc: BaseException) -> None:
+    """Its traceback is in the log already: the requests it fails say so in one line each."""
+    try:
+        exc._modelplex_logged = True  # type: ignore[attr-defined]
+    except AttributeError:  # an exception type without a __dict__
+        pass
+
+
 class ModelCache:
     """Models returned by ``loader``, at most ``max_models`` and ``max_bytes`` of them."""
 
@@ -411,6 +419,7 @@ class ModelCache:
             model = await self._call_loader(model_id)
         except Exception as exc:
             self._logger.exception("Failed to load model '%s'.", model_id)
+            mark_logged(exc)
             self.events.load_failed(model_id, isinstance(exc, ModelLoadTimeoutError))
             self._failures.record(model_id, exc, self._clock())
             self._forget_loading(entry)

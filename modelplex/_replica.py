@@ -532,11 +532,15 @@ class Replica:
 
 def _log_failure(exc: Exception) -> int:
     """A client's error (4xx) is one WARNING line, without a traceback: a misconfigured client
-    must not flood the logs. Anything else is an ERROR with its traceback. Returns the status."""
+    must not flood the logs. Anything else is an ERROR with its traceback, once: the requests
+    a failed load fails get one line each. Returns the status."""
     status = http_status_for(exc)
     if 400 <= status < 500:
         first = str(exc).strip().splitlines()[:1]
         logger.warning("Request failed (%d): %s", status, ": ".join([type(exc).__name__, *first]))
+    elif getattr(exc, "_modelplex_logged", False):  # a failed load, logged with its traceback
+        logger.error("Request failed: %s: %s (see the load's traceback above)",
+                     type(exc).__name__, exc)
     else:
         logger.exception("Request failed: %s: %s", type(exc).__name__, exc)
     return status

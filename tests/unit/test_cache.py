@@ -458,6 +458,7 @@ async def test_failed_load_leaves_the_cache_as_it_was_and_retries(make):
     with pytest.raises(RuntimeError) as info:
         await cache.get("bad")
     assert info.value is boom
+    assert boom._modelplex_logged  # the requests it fails log one line, not its traceback again
     assert cache.loaded_ids() == ("1", "2")
     assert cache.snapshot().loading == ()
     await cache.wait_for_unloads()
