@@ -20,3 +20,19 @@ from ..integration.test_streaming import (  # noqa: F401
     test_sse_chunks_arrive_as_they_are_produced,
     test_streams_between_deployments_with_async_for,
 )
+
+
+def test_the_openai_adapter_example_on_ray(serve_instance):
+    from openai import OpenAI
+
+    import modelplex as serve
+
+    from ..integration.test_openai_example import app
+
+    serve.run(app)
+    client = OpenAI(base_url=f"{serve_instance.url}/v1", api_key="unused", max_retries=0)
+    whole = client.completions.create(model="lora-poet", prompt="the sea", max_tokens=8)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="lora-poet", prompt="the sea", max_tokens=8, stream=True))
+    assert streamed == whole.choices[0].text and len(streamed.split()) == 8
+    assert [m.id for m in client.models.list()] == ["lora-poet"]
