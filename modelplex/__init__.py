@@ -25,7 +25,7 @@ from ._specs import ProxyInfo
 from ._batch import batch
 from ._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
 from ._config import HTTPOptions
-from ._context import get_multiplexed_model_id
+from ._context import ReplicaContext, get_multiplexed_model_id, get_replica_context
 from ._fetch import fetch
 from ._deployment import Application, Deployment, deployment
 from ._errors import (
@@ -104,6 +104,7 @@ __all__ = [
     "ProxyInfo",
     "RemoteError",
     "ReplicaDiedError",
+    "ReplicaContext",
     "ReplicaStatus",
     "ReplicasNotReadyError",
     "RequestTimeoutError",
@@ -123,6 +124,7 @@ __all__ = [
     "get_app_handle",
     "get_deployment_handle",
     "get_multiplexed_model_id",
+    "get_replica_context",
     "ingress",
     "list_artifacts",
     "list_models",

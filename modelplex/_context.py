@@ -59,6 +59,48 @@ def reset_load(token: contextvars.Token) -> None:
     _loading.reset(token)
 
 
+@dataclass(frozen=True)
+class ReplicaID:
+    """Which replica: Ray Serve's ``ReplicaID`` (``unique_id`` is what logs and metrics show)."""
+
+    unique_id: str
+    deployment_id: Any  # a DeploymentID: .name, .app_name
+
+
+@dataclass(frozen=True)
+class ReplicaContext:
+    """What ``serve.get_replica_context()`` returns inside a replica, as in Ray Serve."""
+
+    replica_id: ReplicaID
+    servable_object: Any = None  # the deployment's instance, once constructed
+
+    @property
+    def app_name(self) -> str:
+        return self.replica_id.deployment_id.app_name
+
+    @property
+    def deployment(self) -> str:
+        return self.replica_id.deployment_id.name
+
+    @property
+    def replica_tag(self) -> str:
+        return self.replica_id.unique_id
+
+
+# Set by the replica process before it constructs the deployment (one replica per process).
+replica_context: ReplicaContext | None = None
+
+
+def get_replica_context() -> ReplicaContext:
+    """The replica this code runs in: its application, deployment, id and instance."""
+    if replica_context is None:
+        raise RuntimeError(
+            "`serve.get_replica_context()` may only be called from within a modelplex "
+            "deployment."
+        )
+    return replica_context
+
+
 @dataclass
 class ReplicaHooks:
     """Set in a replica process (see ``_multiplex.install_replica_hooks``)."""

@@ -25,6 +25,10 @@ class DeploymentID:
     def __str__(self) -> str:
         return f"{self.app}_{self.name}"
 
+    @property
+    def app_name(self) -> str:  # Ray Serve's name for it
+        return self.app
+
 
 # ---- data plane -----------------------------------------------------------------------------
 

@@ -124,7 +124,10 @@ class Replica:
         control = await connect(self.spec.controller_address, secret=self.spec.secret)
         try:
             cls, args, kwargs = cloudpickle.loads(self.spec.payload)
+            replica_id = _context.ReplicaID(self.replica_id, self.spec.deployment_id)
+            _context.replica_context = _context.ReplicaContext(replica_id)
             self.instance = await asyncio.wrap_future(self.user.submit(_construct(cls, args, kwargs)))
+            _context.replica_context = _context.ReplicaContext(replica_id, self.instance)
             self.admin = Admin(
                 self.replica_id, self.instance, self.caches,
                 node=self.spec.node_id or socket.gethostname(), ongoing=lambda: self.ongoing,

@@ -165,3 +165,31 @@ class _Recorded:
     def __del__(self) -> None:
         with open(self.path, "a") as f:
             f.write(f"model del {self.model_id}\n")
+
+
+@serve.deployment(num_replicas=2)
+class Introspective:
+    def __init__(self) -> None:
+        context = serve.get_replica_context()  # in the constructor too, as in Ray
+        self.seen_in_init = (context.app_name, context.deployment, context.servable_object)
+
+    def __call__(self, request) -> dict:
+        context = serve.get_replica_context()
+        return {
+            "init": [self.seen_in_init[0], self.seen_in_init[1], self.seen_in_init[2] is None],
+            "tag": context.replica_tag,
+            "same": context.replica_id.unique_id == context.replica_tag,
+            "app": context.replica_id.deployment_id.app_name,
+            "me": context.servable_object is self,
+        }
+
+
+def test_get_replica_context_names_the_replica(serve_instance):
+    serve.run(Introspective.bind(), name="ctx", route_prefix="/ctx")
+    answers = [requests.get(serve_instance.url + "/ctx", timeout=30).json() for _ in range(20)]
+    replicas = serve.status().applications["ctx"].deployments["Introspective"].replicas
+    assert {a["tag"] for a in answers} <= {r.replica_id for r in replicas}
+    assert all(a["init"] == ["ctx", "Introspective", True] and a["same"] and a["me"]
+               and a["app"] == "ctx" for a in answers)
+    with pytest.raises(RuntimeError, match="only be called from within"):
+        serve.get_replica_context()

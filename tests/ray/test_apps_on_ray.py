@@ -8,6 +8,7 @@ from ..integration.test_batch import (  # noqa: F401
 )
 from ..integration.test_lifecycle import (  # noqa: F401
     test_a_request_in_flight_finishes_before_a_redeploy_unloads_its_model,
+    test_get_replica_context_names_the_replica,
     test_user_config_reaches_reconfigure_and_changes_in_place,
 )
 from ..integration.test_streaming import (  # noqa: F401
