@@ -505,15 +505,18 @@ class Replica:
         asgi = getattr(self.instance, "__modelplex_asgi__", None)
         if asgi is None:
             value = await _run(self._method(call.method), (request,), {})
-            if not _streams.streams_over_http(value):
+            streams = _streams.streams_over_http(value)
+            if not streams and getattr(value, "background", None) is None:
                 return self._success(call, await render(value))  # the fast path
         sink = _streams.HTTPSink(
             outbox, lambda whole: outbox.answer(self._success(call, whole))
         )
         if asgi is not None:  # @serve.ingress: the app answers, streaming or not
             await asgi(request.scope, request.receive, sink.send)
-        else:
+        elif streams:
             await _streams.stream_http(value, sink)
+        else:  # a Response with background tasks: answered before they run, as uvicorn does
+            await value(request.scope, request.receive, sink.send)
         if not sink.complete:
             if sink.streaming:  # the app returned mid-body: end the stream where it is
                 outbox.answer(Result(call.request_id, True, _streams.NONE))

@@ -383,7 +383,7 @@ def test_the_docs_streaming_example_runs(serve_instance, capsys):
     assert lines == [f"data: EN token {i}" for i in range(3)]
 
 
-from fastapi import FastAPI  # noqa: E402
+from fastapi import BackgroundTasks, FastAPI  # noqa: E402
 
 streams_api = FastAPI()
 
@@ -444,3 +444,47 @@ def test_a_batched_generator_streams_each_callers_items_through_handles(serve_in
         streams = list(pool.map(lambda n: list(h.tokens.remote(n)), [1, 2, 3, 4]))
     assert [[i for i, _ in items] for items in streams] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
     assert {size for items in streams for _, size in items} == {4}  # one batch of all four
+
+
+from starlette.background import BackgroundTask  # noqa: E402
+from starlette.responses import PlainTextResponse  # noqa: E402
+
+background_api = FastAPI()
+
+
+async def slow_background(events: str, tag: str) -> None:
+    await gate(events + ".go")  # the test opens it once the client has its answer
+    record(events, f"background {tag}")
+
+
+@serve.deployment
+class WithBackground:
+    def __init__(self, events: str) -> None:
+        self.events = events
+
+    async def __call__(self, request):
+        return PlainTextResponse(
+            "answered", background=BackgroundTask(slow_background, self.events, "plain"))
+
+
+@serve.deployment
+@serve.ingress(background_api)
+class IngressWithBackground:
+    def __init__(self, events: str) -> None:
+        self.events = events
+
+    @background_api.get("/")
+    async def root(self, tasks: BackgroundTasks):
+        tasks.add_task(slow_background, self.events, "ingress")
+        return "answered"
+
+
+@pytest.mark.parametrize("app", [WithBackground, IngressWithBackground])
+def test_background_tasks_run_after_the_client_has_its_answer(serve_instance, tmp_path, app):
+    events = str(tmp_path / "events")
+    serve.run(app.bind(events))
+    r = requests.get(serve_instance.url, timeout=10)  # the background task is still waiting
+    assert "answered" in r.text
+    assert not any(line.startswith("background") for line in read_events(events))
+    open_gate(events + ".go")
+    wait_until(lambda: any(line.startswith("background") for line in read_events(events)))
