@@ -81,17 +81,18 @@ def _ranged(build: Any, values: Mapping[str, Any]) -> None:
 
 
 class AutoscalingSchema(_Schema):
-    min_replicas: int = 1
-    max_replicas: int = 1
-    initial_replicas: int | None = None
-    target_ongoing_requests: float = 2.0
-    upscale_delay_s: float = 30.0
-    downscale_delay_s: float = 600.0
-    downscale_to_zero_delay_s: float | None = None
-    upscaling_factor: float | None = None
-    downscaling_factor: float | None = None
-    metrics_interval_s: float = 10.0
-    look_back_period_s: float = 30.0
+    # The defaults are AutoscalingConfig's own (only the keys a file sets are passed on).
+    min_replicas: int = AutoscalingConfig.min_replicas
+    max_replicas: int = AutoscalingConfig.max_replicas
+    initial_replicas: int | None = AutoscalingConfig.initial_replicas
+    target_ongoing_requests: float = AutoscalingConfig.target_ongoing_requests
+    upscale_delay_s: float = AutoscalingConfig.upscale_delay_s
+    downscale_delay_s: float = AutoscalingConfig.downscale_delay_s
+    downscale_to_zero_delay_s: float | None = AutoscalingConfig.downscale_to_zero_delay_s
+    upscaling_factor: float | None = AutoscalingConfig.upscaling_factor
+    downscaling_factor: float | None = AutoscalingConfig.downscaling_factor
+    metrics_interval_s: float = AutoscalingConfig.metrics_interval_s
+    look_back_period_s: float = AutoscalingConfig.look_back_period_s
     policy: _unsupported("custom autoscaling policies") = None
     aggregation_function: _unsupported("modelplex averages over look_back_period_s") = None
     upscale_smoothing_factor: _unsupported("use upscaling_factor") = None
