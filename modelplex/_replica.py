@@ -91,8 +91,9 @@ class Replica:
         # Routers' connections and the requests on them: user loop only.
         self.conns: set[Connection] = set()
         self.running: dict[tuple[int, int], asyncio.Task] = {}
-        # The replies of HTTP and streamed requests, by the same key: credit for their streams
-        # arrives here, and a reply may be answered before its task ends.
+        # The replies that stream or are answered before their task ends (an HTTP response
+        # with background work), by the same key: credit for their streams arrives here.
+        # Made when a request first needs one: a whole reply needs none.
         self.outboxes: dict[tuple[int, int], _streams.Outbox] = {}
         self.ongoing = 0
         # model id -> requests for it that reached this replica and have not finished. Caches
@@ -395,9 +396,7 @@ class Replica:
             self.wanted[call.model_id] = self.wanted.get(call.model_id, 0) + 1
         self.idle.clear()
         key = (id(conn), call.request_id)
-        if call.http is not None or call.stream:
-            self.outboxes[key] = _streams.Outbox(conn, call.request_id)
-        task = self.user.loop.create_task(self._execute(call, self.outboxes.get(key)))
+        task = self.user.loop.create_task(self._execute(conn, key, call))
         self.running[key] = task
         task.add_done_callback(functools.partial(self._reply, conn, key, call))
 
@@ -420,7 +419,11 @@ class Replica:
             result = task.result()
         conn.send_nowait(result)
 
-    async def _execute(self, call: Call, outbox: _streams.Outbox | None) -> Result:
+    def _outbox(self, conn: Connection, key: tuple[int, int]) -> _streams.Outbox:
+        outbox = self.outboxes[key] = _streams.Outbox(conn, key[1])
+        return outbox
+
+    async def _execute(self, conn: Connection, key: tuple[int, int], call: Call) -> Result | None:
         ctx = _context.RequestContext(
             request_id=call.trace_id or str(call.request_id),
             model_id=call.model_id,
@@ -437,14 +440,14 @@ class Replica:
                 outcome, error = "OK", None
                 return self._success(call, value)
             if call.http is not None:
-                assert outbox is not None
-                result = await self._serve_http(call, outbox)
+                result = await self._serve_http(conn, key, call)
             else:
-                result = await self._invoke(call, outbox)
+                result = await self._invoke(conn, key, call)
             outcome, error = "OK", None
             return result
         except HTTPException as exc:
             outcome, error = str(exc.status_code), type(exc).__name__
+            outbox = self.outboxes.get(key)
             if call.http is None or (outbox is not None and outbox.started):
                 return _failure(call.request_id, exc, traceback.format_exc())
             return self._success(call, HTTPResult(*error_response(exc)))
@@ -474,7 +477,7 @@ class Replica:
             raise MethodNotFoundError(self.spec.deployment_id.name, name)
         return method
 
-    async def _invoke(self, call: Call, outbox: _streams.Outbox | None) -> Result:
+    async def _invoke(self, conn: Connection, key: tuple[int, int], call: Call) -> Result:
         """A handle's call: the method's value, or its generator's items streamed (Ray's rules:
         ``stream=True`` needs a generator, and a generator needs ``stream=True``)."""
         method = self._method(call.method)
@@ -486,8 +489,7 @@ class Replica:
                     f"Called method '{call.method}' with `handle.options(stream=True)` but it "
                     f"did not return a generator."
                 )
-            assert outbox is not None
-            await _streams.pump(value, outbox.put)
+            await _streams.pump(value, self._outbox(conn, key).put)
             return Result(call.request_id, True, _streams.NONE)
         if _streams.is_generator(value):
             await _streams.close(value)
@@ -497,7 +499,9 @@ class Replica:
             )
         return self._success(call, value)
 
-    async def _serve_http(self, call: Call, outbox: _streams.Outbox) -> Result | None:
+    async def _serve_http(
+        self, conn: Connection, key: tuple[int, int], call: Call
+    ) -> Result | None:
         """An HTTP request: a whole response is one Result; a streamed one goes out through the
         outbox as it is produced (and ``None`` here: it was answered as it ended)."""
         assert call.http is not None
@@ -508,6 +512,7 @@ class Replica:
             streams = _streams.streams_over_http(value)
             if not streams and getattr(value, "background", None) is None:
                 return self._success(call, await render(value))  # the fast path
+        outbox = self._outbox(conn, key)
         sink = _streams.HTTPSink(
             outbox, lambda whole: outbox.answer(self._success(call, whole))
         )

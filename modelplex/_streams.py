@@ -178,12 +178,10 @@ async def iterate_closing(iterator: Any) -> Any:
                 return
             yield item
     finally:
-        close = getattr(gen, "close", None)
-        if close is None:
-            pass
-        elif step is not None and not step.done():
+        close = getattr(gen, "close", None)  # a plain iterator has nothing to close
+        if close is not None and step is not None and not step.done():
             step.add_done_callback(lambda _: close())  # after the step under way
-        else:
+        elif close is not None:
             await asyncio.wrap_future(pool.submit(context.run, close))
 
 

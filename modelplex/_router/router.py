@@ -168,14 +168,12 @@ class Router:
                     slot.view.running = None
                     slot.view.changed()
                 continue
+            if stream and not isinstance(reply, ReplyStream):
+                reply = ReplyStream.ended(reply)  # it ended before a first chunk
             if isinstance(reply, ReplyStream):
                 reply.decode_item = functools.partial(self._decode_item, method)
                 reply.decode_end = functools.partial(self._decode, method=method)
                 return reply
-            if stream:  # it ended before a first chunk: empty, or failed
-                ended = ReplyStream.ended(reply)
-                ended.decode_end = functools.partial(self._decode, method=method)
-                return ended
             return self._decode(reply, method)
         raise ReplicaDiedError(slot.view.replica_id, "connection lost")
 

@@ -365,17 +365,23 @@ async def test_a_request_for_a_deployment_with_no_replica_is_reported_at_once(wo
 # ---- streams ---------------------------------------------------------------------------------
 
 
+async def open_stream(router, replica, model_id: str, items):
+    """Start a streamed call and have ``replica`` send ``items`` as chunks: (stream, channel,
+    the call as the replica got it)."""
+    call = start(router, model_id, stream=True)
+    await settle()
+    channel, sent = replica.pending.pop()
+    for item in items:
+        channel.send_nowait(Chunk(sent.request_id, pickle.dumps(item)))
+    await settle()
+    return call.result(), channel, sent
+
+
 async def test_a_stream_keeps_its_slot_until_it_ends_and_returns_credit(world):
     net, _, _, make = world
     a = FakeReplica(net, "a", max_ongoing=1)
     router = await make(a)
-    call = start(router, "m", stream=True)
-    await settle()
-    channel, sent = a.pending.pop()
-    for i in range(9):
-        channel.send_nowait(Chunk(sent.request_id, pickle.dumps(i)))
-    await settle()
-    stream = call.result()
+    stream, channel, sent = await open_stream(router, a, "m", range(9))
     assert await stream.next_batch() == list(range(9))
     await settle()
     assert a.credits == [(sent.request_id, 9)]
@@ -395,12 +401,7 @@ async def test_a_stream_closed_by_its_reader_is_cancelled_in_the_replica(world):
     net, _, _, make = world
     a = FakeReplica(net, "a", max_ongoing=1)
     router = await make(a)
-    call = start(router, "", stream=True)
-    await settle()
-    channel, sent = a.pending.pop()
-    channel.send_nowait(Chunk(sent.request_id, pickle.dumps("first")))
-    await settle()
-    stream = call.result()
+    stream, _, sent = await open_stream(router, a, "", ["first"])
     stream.close()
     await settle()
     assert a.cancels == [sent.request_id]
@@ -411,12 +412,7 @@ async def test_a_stream_on_a_lost_connection_fails_with_replica_died(world):
     net, _, _, make = world
     a = FakeReplica(net, "a")
     router = await make(a)
-    call = start(router, "", stream=True)
-    await settle()
-    channel, sent = a.pending.pop()
-    channel.send_nowait(Chunk(sent.request_id, pickle.dumps(0)))
-    await settle()
-    stream = call.result()
+    stream, _, _ = await open_stream(router, a, "", [0])
     net.sever(a.address)
     await settle()
     with pytest.raises(ReplicaDiedError):  # items not yet read are dropped with the connection
