@@ -131,6 +131,19 @@ def streamer(serve_instance, tmp_path):
     return handle, events, serve_instance.url, tmp_path
 
 
+def settled(read, quiet_s: float = 0.5, timeout_s: float = 30.0) -> int:
+    """``read()`` once it has stopped changing for ``quiet_s``: where a producer paused (or,
+    if it never pauses, where it finished)."""
+    last, since, deadline = read(), time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"still changing after {timeout_s}s: {last}"
+        time.sleep(0.05)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def produced(events: str, tag: str) -> int:
     return sum(1 for line in read_events(events) if line.startswith(f"produced {tag} "))
 
@@ -200,11 +213,8 @@ def test_a_slow_reader_pauses_the_generator(streamer):
         sock.sendall(b"GET /?kind=big&tag=slow HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
         wait_until(lambda: produced(events, "slow") > 0)
-        time.sleep(1.0)
-        first = produced(events, "slow")
-        time.sleep(0.5)
-        assert produced(events, "slow") == first  # paused, not crawling on
-        assert first < 400, f"{first} chunks produced for a client that read none"
+        paused = settled(lambda: produced(events, "slow"))  # all 2,000 if it never pauses
+        assert paused < 400, f"{paused} chunks produced for a client that read none"
     # The client left: the paused stream is cancelled, and the replica keeps serving.
     assert requests.get(url, params={"kind": "plain"}, timeout=30).text == "plain"
 
@@ -295,8 +305,7 @@ def test_a_slow_handle_reader_holds_the_generator_to_the_credit_window(streamer)
     handle, events, _, _ = streamer
     gen = handle.options(stream=True).endless.remote("window")
     assert next(gen) == 0
-    time.sleep(0.5)
-    ahead = produced(events, "window")
+    ahead = settled(lambda: produced(events, "window"))  # endless if it never pauses
     assert ahead <= 40, f"{ahead} items produced for a reader that took one"
     assert [next(gen) for _ in range(100)] == list(range(1, 101))  # and it resumes
     gen.cancel()
@@ -332,23 +341,27 @@ class ModelStreamer:
 def test_a_model_is_not_unloaded_under_an_open_stream(serve_instance, tmp_path):
     events, url = str(tmp_path / "events"), serve_instance.url
     serve.run(ModelStreamer.bind(events, str(tmp_path)))
-    other = {}
+    other, b_started = {}, threading.Event()
 
     def stream_b():
-        other["b"] = requests.get(url, headers={H: "b"}, timeout=30).text
+        with httpx.stream("GET", url, headers={H: "b"}, timeout=30) as b:
+            lines = b.iter_lines()
+            other["b"] = [next(lines)]
+            b_started.set()  # b is loaded, so a is out of the cache's index
+            other["b"] += [line for line in lines if line]
 
     with httpx.stream("GET", url, headers={H: "a"}, timeout=30) as a:
         lines = a.iter_lines()
         assert next(lines) == "data: a v1 0"
         thread = threading.Thread(target=stream_b)  # the only slot is a's
         thread.start()
-        time.sleep(0.5)
-        assert "del a" not in read_events(events)
+        assert b_started.wait(30)
+        assert "load b" in read_events(events) and "del a" not in read_events(events)
         open_gate(str(tmp_path / "a"))
         assert [line for line in lines if line] == ["data: a v1 1"]
     open_gate(str(tmp_path / "b"))
     thread.join(30)
-    assert other["b"] == "data: b v1 0\n\ndata: b v1 1\n\n"
+    assert other["b"] == ["data: b v1 0", "data: b v1 1"]
     seen = read_events(events)
     assert seen.index("done a") < seen.index("del a")
 
@@ -362,7 +375,10 @@ def test_a_stream_in_flight_finishes_before_a_redeploy_unloads_its_model(serve_i
         rollout = threading.Thread(  # v1 drains its stream, then stops
             target=serve.run, args=(ModelStreamer.bind(events, str(tmp_path), "v2"),))
         rollout.start()
-        time.sleep(0.5)
+        wait_until(lambda: any(  # v1 is draining while its stream is open
+            r.state == "stopping"
+            for r in serve.status().applications["default"].deployments["ModelStreamer"].replicas
+        ), message="the rollout never started stopping v1")
         open_gate(str(tmp_path / "m"))
         assert [line for line in lines if line] == ["data: m v1 1"]
     rollout.join(30)
