@@ -19,6 +19,12 @@ from modelplex._streams import (
 )
 
 
+async def turns(n: int = 50) -> None:
+    """Let the loop run every ready task (loop turns, not time: nothing here uses threads)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 class FakeConn:
     closed = False
 
@@ -34,10 +40,10 @@ def test_an_outbox_runs_at_most_a_window_ahead_of_its_reader():
         conn = FakeConn()
         outbox = Outbox(conn, 7)
         producer = asyncio.ensure_future(pump(iter_async(range(WINDOW * 3)), outbox.put))
-        await asyncio.sleep(0.01)
+        await turns()
         assert len(conn.sent) == WINDOW and not producer.done()
         outbox.credit(CREDIT_EVERY)
-        await asyncio.sleep(0.01)
+        await turns()
         assert len(conn.sent) == WINDOW + CREDIT_EVERY
         while not producer.done():  # the reader keeps up from here
             outbox.credit(WINDOW)
@@ -195,7 +201,7 @@ def test_the_window_counts_bytes_and_a_waiting_reader_never_deadlocks_it():
         conn = FakeConn()
         outbox = Outbox(conn, 2)
         producer = asyncio.ensure_future(pump(iter_async([b"x" * (3 << 20)] * 4), outbox.put))
-        await asyncio.sleep(0.01)
+        await turns()
         assert len(conn.sent) == 2  # 6 MiB out: past the 4 MiB window, so it waits
         producer.cancel()
 
