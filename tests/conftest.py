@@ -68,11 +68,25 @@ def start_cli(cwd, source: str, *args: str) -> tuple[subprocess.Popen, str]:
     raise AssertionError("the CLI never said it was serving:\n" + "".join(lines))
 
 
+def start_on_a_free_port(**options) -> SimpleNamespace:
+    """``serve.start`` on a port ``free_port`` found. Between finding it and binding it a
+    client's connection may take it as its own ephemeral port: then try another."""
+    import modelplex as serve
+
+    for attempt in range(5):
+        port = free_port()
+        try:
+            serve.start(http_options={"port": port}, **options)
+        except serve.PortInUseError:
+            if attempt == 4:
+                raise
+            continue
+        return SimpleNamespace(port=port, url=f"http://127.0.0.1:{port}")
+
+
 @pytest.fixture
 def serve_instance():
     import modelplex as serve
 
-    port = free_port()
-    serve.start(http_options={"port": port})
-    yield SimpleNamespace(port=port, url=f"http://127.0.0.1:{port}")
+    yield start_on_a_free_port()
     serve.shutdown()

@@ -22,12 +22,11 @@ from openai_lora import app  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
-    from ..conftest import free_port
+    from ..conftest import start_on_a_free_port
 
-    port = free_port()
-    serve.start(http_options={"port": port})
+    instance = start_on_a_free_port()
     serve.run(app)
-    yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    yield OpenAI(base_url=f"{instance.url}/v1", api_key="unused", max_retries=0)
     serve.shutdown()
 
 

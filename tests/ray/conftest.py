@@ -6,13 +6,12 @@ the local one, so the core scenarios imported from ``tests/integration`` run on 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 
 import modelplex as serve
 
-from ..conftest import free_port
+from ..conftest import start_on_a_free_port
 
 # A small object store: tests move no large objects, and /dev/shm may be small where CI runs.
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
@@ -34,7 +33,5 @@ def local_ray():
 
 @pytest.fixture
 def serve_instance(local_ray):
-    port = free_port()
-    serve.start(http_options={"port": port}, cluster="ray")
-    yield SimpleNamespace(port=port, url=f"http://127.0.0.1:{port}")
+    yield start_on_a_free_port(cluster="ray")
     serve.shutdown()
