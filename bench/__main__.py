@@ -66,6 +66,9 @@ def parse_args() -> argparse.Namespace:
         help="no-op overhead: run every system this many times, interleaved (default 1)")
     add("--metrics-cost", action="store_true",
         help="no-op overhead: also run modelplex with metrics off (MODELPLEX_METRICS=0)")
+    add("--access-log-cost", action="store_true",
+        help="no-op overhead: also run modelplex with its access log off (both flags: also "
+             "with both off)")
     add("--baseline", metavar="CHECKOUT",
         help="also run modelplex from another checkout (e.g. a worktree of an older commit)")
     add("--quick", action="store_true", help="small settings: a smoke test in under a minute")
@@ -237,9 +240,15 @@ def overhead(args: argparse.Namespace, bench: Bench, targets: list[Target]) -> N
     """
     max_ongoing = max(ints(args.max_ongoing))
     systems = [t for t in targets if t.policy is None]  # the eviction policy plays no part
-    if args.metrics_cost:  # each modelplex target right after itself with metrics off
-        systems = [v for t in systems for v in (
-            (t, dataclasses.replace(t, metrics=False)) if t.system == "modelplex" else (t,))]
+    # Each modelplex target of this checkout right after itself with metrics and/or its
+    # access log off, so each pair shares a round of the machine's weather.
+    offs = [{"metrics": False}] if args.metrics_cost else []
+    offs += [{"access_log": False}] if args.access_log_cost else []
+    if args.metrics_cost and args.access_log_cost:
+        offs.append({"metrics": False, "access_log": False})
+    systems = [v for t in systems for v in (
+        (t, *(dataclasses.replace(t, **off) for off in offs))
+        if t.system == "modelplex" and t.root is None else (t,))]
     for round_ in range(args.rounds):
         for target in systems + [Target("uvicorn")]:
             via = ("http",) if target.system == "uvicorn" else ("http", "handle")

@@ -123,10 +123,12 @@ def multiplexed_app(
     return Multiplexed.bind(mode, load_s, infer_s, weights_dir, events_dir)
 
 
-def noop_app(serve: Any, *, replicas: int, max_ongoing: int) -> Any:
-    """A deployment that does nothing: what is left is the framework's own cost."""
+def noop_app(serve: Any, *, replicas: int, max_ongoing: int, access_log: bool = True) -> Any:
+    """A deployment that does nothing: what is left is the framework's own cost.
+    ``access_log=False`` turns its access lines off (Ray's ``logging_config`` key)."""
+    logging_config = {} if access_log else {"logging_config": {"enable_access_log": False}}
 
-    @serve.deployment(num_replicas=replicas, max_ongoing_requests=max_ongoing)
+    @serve.deployment(num_replicas=replicas, max_ongoing_requests=max_ongoing, **logging_config)
     class Noop:
         async def __call__(self, request: Any = None) -> str:
             return "ok"

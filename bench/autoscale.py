@@ -68,8 +68,8 @@ def parse_args() -> argparse.Namespace:
 
 def modelplex_autoscales() -> bool:
     """Whether modelplex runs its autoscaling policy: a fresh ``import modelplex`` loads
-    ``modelplex._autoscale`` only once something in the runtime uses it."""
-    code = "import sys, modelplex; print('modelplex._autoscale' in sys.modules)"
+    ``modelplex._control.autoscale.policy`` only once something in the runtime uses it."""
+    code = "import sys, modelplex; print('modelplex._control.autoscale.policy' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, check=False)
     return proc.stdout.strip() == "True"

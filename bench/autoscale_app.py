@@ -29,7 +29,7 @@ def autoscale_app(serve: Any, *, slots: int, max_ongoing: int, load_s: float, in
     )
 
     # Ray reserves 1 CPU per replica by default, so 2 cores would cap it at 2 replicas; the
-    # replicas mostly sleep. modelplex's local processes reserve nothing and ignore this.
+    # replicas mostly sleep. Both systems reserve the quarter CPU (4 replicas fit on one).
     @serve.deployment(max_ongoing_requests=max_ongoing, ray_actor_options={"num_cpus": 0.25},
                       **scaling)
     class Autoscaled:

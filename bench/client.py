@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -77,6 +78,7 @@ async def closed_loop(
     latencies: list[float] = []
     bodies: list[dict] = []
     errors: Counter = Counter()
+    answered = [0]  # every request, warm-up included (what the server's CPU time covers)
     next_index = iter(range(len(ids))) if ids is not None else None
     start = time.monotonic()
     measure_from = start + warmup
@@ -89,6 +91,7 @@ async def closed_loop(
         except Exception as exc:  # no answer at all
             cause, body = f"no answer: {type(exc).__name__}", None
         t1 = time.monotonic()
+        answered[0] += 1
         if recorded(t0, t1):
             latencies.append(t1 - t0)
             if cause is not None:
@@ -108,7 +111,7 @@ async def closed_loop(
     worker = trace_worker if ids is not None else timed_worker
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.monotonic() - start if ids is not None else seconds
-    return summarize(latencies, errors, elapsed, bodies)
+    return {**summarize(latencies, errors, elapsed, bodies), "answered": answered[0]}
 
 
 async def _http(spec: dict) -> dict:
@@ -166,7 +169,11 @@ def client_main(run_spec: Callable[[dict], Awaitable[dict]]) -> None:
         from uvloop import run  # a faster client loop: the client must not be the bottleneck
     except ImportError:  # pragma: no cover - uvloop comes with modelplex on POSIX
         run = asyncio.run
-    print(json.dumps(run(run_spec(spec))))
+    line = (json.dumps(run(run_spec(spec))) + "\n").encode()
+    # os.write until all of it is out: with PYTHONUNBUFFERED a print of a long line to a pipe
+    # can write part of it and drop the rest.
+    while line:
+        line = line[os.write(sys.stdout.fileno(), line):]
 
 
 if __name__ == "__main__":

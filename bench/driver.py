@@ -8,7 +8,7 @@ once ``serve.run`` has returned (or ``BENCH SKIP <why>``), then reads JSON comma
 ``{"cmd": "handle", ...}`` runs a closed loop of ``handle.remote()`` calls from this process
 and prints ``BENCH RESULT {json}``; ``{"cmd": "call", "method": m, "args": [...]}`` calls the
 ingress's method ``m`` once and prints its answer the same way; ``{"cmd": "stop"}`` or end of
-input shuts down.
+input shuts down. ``grpc`` (``grpc_options``' fields) serves gRPC too.
 """
 
 from __future__ import annotations
@@ -42,6 +42,22 @@ def build(serve: Any, config: dict) -> Any:
         from .batching import batched_app
 
         return batched_app(serve, **config["app_kwargs"])
+    if config["app"] == "torch_mlp":
+        from .torch_app import mlp_app
+
+        return mlp_app(serve, **config["app_kwargs"])
+    if config["app"] == "torch_adapters":
+        from .torch_app import adapter_app
+
+        return adapter_app(serve, **config["app_kwargs"])
+    if config["app"] == "grpc":
+        from .grpc_app import grpc_app
+
+        return grpc_app(serve, **config["app_kwargs"])
+    if config["app"] == "tenants":
+        from .tenants_app import tenants_app
+
+        return tenants_app(serve, **config["app_kwargs"])
     if config["app"] == "streaming":
         from .streaming import streaming_app
 
@@ -77,10 +93,14 @@ def serve_commands(handle: Any) -> None:
 def run_modelplex(config: dict) -> None:
     import modelplex as serve
 
-    # A handler of our own first: modelplex adds its INFO console handler only if none is set.
-    quiet = logging.StreamHandler(sys.stderr)
-    quiet.setLevel(logging.WARNING)
-    logging.getLogger("modelplex").addHandler(quiet)
+    # The no-op floor runs with modelplex's own logging, as a user's script gets it: the
+    # access lines go to the console (this process's stderr, a file here) and to proxy.log.
+    # Elsewhere a handler of our own first keeps the INFO lines out (modelplex adds its
+    # console handler only if none is set).
+    if config["app"] != "noop":
+        quiet = logging.StreamHandler(sys.stderr)
+        quiet.setLevel(logging.WARNING)
+        logging.getLogger("modelplex").addHandler(quiet)
     if config.get("controller_log"):  # the controller's decisions (scale, stop, preload), timed
         decisions = logging.FileHandler(config["controller_log"])
         decisions.setFormatter(logging.Formatter("%(created).3f %(message)s"))
@@ -89,12 +109,13 @@ def run_modelplex(config: dict) -> None:
         controller.addHandler(decisions)
     http = {"host": "127.0.0.1", "port": config["port"]}
     backend = config.get("backend", "local")
+    grpc = {"grpc_options": config["grpc"]} if config.get("grpc") else {}
     t0 = time.perf_counter()
     try:
         if backend == "local":
-            serve.start(http_options=http)
+            serve.start(http_options=http, **grpc)
         else:  # address="local": a new Ray cluster of our own, never one someone else started
-            serve.start(http_options=http, cluster=backend, address="local")
+            serve.start(http_options=http, cluster=backend, address="local", **grpc)
     except TypeError as exc:
         say("SKIP", f"serve.start(cluster={backend!r}) is not supported yet: {exc}")
         return
@@ -119,7 +140,8 @@ def run_ray(config: dict) -> None:
              logging_level=logging.ERROR, configure_logging=True)
     try:
         t1 = time.perf_counter()
-        serve.start(http_options={"host": "127.0.0.1", "port": config["port"]})
+        grpc = {"grpc_options": config["grpc"]} if config.get("grpc") else {}
+        serve.start(http_options={"host": "127.0.0.1", "port": config["port"]}, **grpc)
         t2 = time.perf_counter()
         handle = serve.run(build(serve, config))
         t3 = time.perf_counter()

@@ -15,7 +15,22 @@ from collections import Counter
 
 from .client import HEADER, client_main, percentile, run_client_module
 
-__all__ = ["open_loop", "run_open_loop"]
+__all__ = ["open_loop", "run_open_loop", "send_when_due"]
+
+
+async def send_when_due(schedule, one, start: float) -> float:
+    """Start ``one(due, model_id, start)`` for each (due, model id) when it is due, whatever is
+    in flight; wait for them all and return how late the latest start was, in seconds."""
+    lag = 0.0
+    tasks = []
+    for due, model_id in schedule:
+        delay = start + due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lag = max(lag, -delay)
+        tasks.append(asyncio.create_task(one(due, model_id, start)))
+    await asyncio.gather(*tasks)
+    return lag
 
 
 async def open_loop(url: str, times: list[float], ids: list[str], timeout_s: float,
@@ -24,7 +39,6 @@ async def open_loop(url: str, times: list[float], ids: list[str], timeout_s: flo
     import aiohttp
 
     results: list[tuple[float, float, str | None]] = []  # due, latency, error
-    lag = 0.0
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=0)  # no client-side cap on requests in flight
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -42,14 +56,7 @@ async def open_loop(url: str, times: list[float], ids: list[str], timeout_s: flo
 
         start = time.monotonic()
         wall_start = time.time()
-        tasks = []
-        for due, model_id in zip(times, ids):
-            delay = start + due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            lag = max(lag, -delay)
-            tasks.append(asyncio.create_task(one(due, model_id, start)))
-        await asyncio.gather(*tasks)
+        lag = await send_when_due(zip(times, ids), one, start)
         await asyncio.sleep(max(0.0, start + until - time.monotonic()))  # a trailing idle gap
         elapsed = time.monotonic() - start
     ms = sorted(r[1] * 1000 for r in results)

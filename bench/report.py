@@ -21,7 +21,13 @@ TRACE_COLUMNS = (
 )
 OVERHEAD_COLUMNS = (("round", "round"), ("system", "label"), ("via", "via"),
                     ("req/s", "throughput_rps"), ("x bare uvicorn", "x_floor"),
-                    ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("errors", "errors"))
+                    ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("errors", "errors"),
+                    ("server CPU us/req", "server_cpu_us"))
+# The no-op variants of this checkout that --metrics-cost and --access-log-cost add.
+DEFAULTS_LABEL = "modelplex[local] lru"
+VARIANTS = {"metrics": "modelplex[local] lru metrics off",
+            "access log": "modelplex[local] lru access log off",
+            "both": "modelplex[local] lru metrics off access log off"}
 
 
 def table(rows: Iterable[dict], columns: Sequence[tuple[str, str]]) -> str:
@@ -75,6 +81,35 @@ def floor_ratios(over: Sequence[dict]) -> list[dict]:
              "median": sorted(xs)[len(xs) // 2]} for (label, via), xs in by_key.items()]
 
 
+def _median(values: Sequence[float]) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
+def observability_costs(over: Sequence[dict]) -> list[dict]:
+    """What metrics and the access log cost over HTTP, paired within each round: 1 - (req/s
+    with it on) / (req/s with it off), and the server CPU per request with it on over off."""
+    rows = []
+    for what, label in VARIANTS.items():
+        if what == "both":
+            continue
+        costs, cpus = [], []
+        for row in over:
+            if row["label"] != label or row["via"] != "http":
+                continue
+            on = _find(over, label=DEFAULTS_LABEL, via="http", round=row.get("round"))
+            if on is None or not row["throughput_rps"]:
+                continue
+            costs.append(round(1 - on["throughput_rps"] / row["throughput_rps"], 3))
+            if on.get("server_cpu_us") and row.get("server_cpu_us"):
+                cpus.append(round(on["server_cpu_us"] / row["server_cpu_us"], 3))
+        if costs:
+            rows.append({"what": what, "costs": ", ".join(f"{c:.1%}" for c in costs),
+                         "median": _median(costs), "cpu": ", ".join(map(str, cpus)),
+                         "cpu_median": _median(cpus)})
+    return rows
+
+
 def check_targets(results: dict) -> list[dict]:
     """Each target with the measured value and whether it was met; None when not measured."""
     runs = _current(results.get("runs", []))
@@ -89,8 +124,18 @@ def check_targets(results: dict) -> list[dict]:
     floor = _find(over, system="uvicorn")
     x = _ratio(mp_http and mp_http["throughput_rps"], ray_http and ray_http["throughput_rps"])
     add("no-op HTTP throughput >= 5x Ray Serve", x, None if x is None else x >= 5)
-    x = _ratio(mp_http and mp_http["throughput_rps"], floor and floor["throughput_rps"])
+    medians = {(r["label"], r["via"]): r["median"] for r in floor_ratios(over)}
+    x = medians.get((DEFAULTS_LABEL, "http"))
+    if x is None:  # a run of another backend only
+        x = _ratio(mp_http and mp_http["throughput_rps"], floor and floor["throughput_rps"])
     add("no-op HTTP throughput >= 0.5x bare uvicorn", x, None if x is None else x >= 0.5)
+    x = medians.get((VARIANTS["both"], "http"))
+    if x is not None:
+        add("no-op HTTP, metrics and access log off, >= 0.6x bare uvicorn", x, x >= 0.6)
+    for row in observability_costs(over):
+        limit = 0.03 if row["what"] == "metrics" else 0.05
+        add(f"{row['what']} cost < {limit:.0%} of no-op HTTP throughput (median of rounds)",
+            f"{row['median']:.1%}", row["median"] < limit)
     for mine, ray in _trace_pairs(runs):
         where = f"({mine['mode']}, max_ongoing {mine['max_ongoing']})"
         x = _ratio(mine["throughput_rps"], ray["throughput_rps"])
@@ -152,6 +197,11 @@ def summary(results: dict) -> str:
         out += [table(floor_ratios(over), (("system", "label"), ("via", "via"),
                                            ("x bare uvicorn, each round", "rounds"),
                                            ("median", "median"))), ""]
+        costs = observability_costs(_current(over))
+        if costs:
+            out += [table(costs, (("on against off", "what"), ("throughput cost, each round", "costs"),
+                                  ("median", "median"), ("server CPU on/off", "cpu"),
+                                  ("median", "cpu_median"))), ""]
         over = _current(over)
         ratios = []
         for via in ("http", "handle"):

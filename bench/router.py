@@ -16,9 +16,9 @@ import statistics
 import time
 import tracemalloc
 
-from modelplex._memory import MemoryNetwork
+from modelplex._data.memory import MemoryNetwork
 from modelplex._messages import Call, DeploymentID, ModelsUpdate, ReplicaInfo, ReplicaSet, Result
-from modelplex._router import Router
+from modelplex._data.router import Router
 
 DEPLOYMENT = DeploymentID("bench", "router")
 
@@ -87,14 +87,14 @@ async def drain_cost(queued: int = 5000, models: int = 50, replicas: int = 2) ->
     busy = []
     for _ in range(20):
         start = time.perf_counter()
-        router._drain()
+        router._placement.drain()
         busy.append(time.perf_counter() - start)
     freed = []
     view = router._registry.get("r0")
     for _ in range(20):  # one slot frees: time the drain that places the next request there
         view.release("", False)
         start = time.perf_counter()
-        router._drain()
+        router._placement.drain()
         freed.append(time.perf_counter() - start)
         assert view.saturated
     for call in calls:

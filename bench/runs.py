@@ -19,7 +19,7 @@ from .app import weight_path
 from .client import percentile, run_http_client
 from .events import count, read_events
 from .reference import belady, global_lru, static_top_k
-from .targets import ROOT, Server, Target
+from .targets import ROOT, Server, Target, cpu_seconds
 from .trace import Trace
 
 __all__ = ["Settings", "make_weights", "references", "run_overhead", "run_trace"]
@@ -103,18 +103,28 @@ def run_trace(target: Target, settings: Settings, trace: Trace, *, mode: str, ma
 
 def run_overhead(target: Target, settings: Settings, *, max_ongoing: int, via: tuple[str, ...]
                  ) -> list[dict]:
-    """No-op requests for a fixed time after a warm-up: over HTTP and/or through a handle."""
-    app_kwargs = {"replicas": settings.replicas, "max_ongoing": max_ongoing}
+    """No-op requests for a fixed time after a warm-up: over HTTP and/or through a handle.
+
+    ``server_cpu_us`` is the CPU time of the system's processes (the driver and all below it,
+    the client not included) per request answered, warm-up included: on a shared machine it
+    moves less than throughput does."""
+    app_kwargs: dict = {"replicas": settings.replicas, "max_ongoing": max_ongoing}
+    if not target.access_log:
+        app_kwargs["access_log"] = False
     timing = {"concurrency": settings.concurrency, "seconds": settings.overhead_seconds,
               "warmup": settings.overhead_warmup_s}
     log = os.path.join(settings.workdir, "drivers.log")
     rows = []
     with Server(target, "noop", app_kwargs, log) as server:
         for how in via:
+            cpu = cpu_seconds(server.pid)
             if how == "http":
                 figures = run_http_client({"url": server.url, **timing}, ROOT)
             else:
                 figures = server.command({"cmd": "handle", **timing})
+            cpu = cpu_seconds(server.pid) - cpu
+            answered = figures.get("answered") or 0
+            figures["server_cpu_us"] = round(cpu / answered * 1e6, 1) if answered else None
             rows.append({
                 "kind": "overhead", "system": target.system, "label": target.label,
                 "backend": target.backend if target.system == "modelplex" else None,

@@ -2,7 +2,7 @@
 
 Synchronous and pure: each request is routed (to a replica holding its model, else to the
 model's rendezvous home, as ``_routing`` does for a cold model), then served by that replica's
-cache, which asks a policy from ``modelplex._eviction`` what to evict exactly as ``ModelCache``
+cache, which asks a policy from ``modelplex._replica.eviction`` what to evict exactly as ``ModelCache``
 does: ``record_access`` on every request, and for an admission policy the new model offered as
 a candidate. Requests finish instantly, so a refused newcomer is unloaded at once.
 
@@ -15,8 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence, cast
 
-from modelplex._eviction import AdmissionPolicy, EntryView, EvictionPolicy, policy_from_name
-from modelplex._routing import rendezvous_order
+from modelplex._replica.eviction import AdmissionPolicy, EntryView, EvictionPolicy, policy_from_name
+from modelplex._data.routing import rendezvous_order
 
 from .reference import belady, global_lru, hit_rate, static_top_k
 from .trace import make_trace

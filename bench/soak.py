@@ -151,7 +151,7 @@ def run_client(url, ids, seconds, concurrency=16, rate=0.0):
 
 def kills(args, url: str, ids: list[str]) -> dict:
     from modelplex._messages import DeploymentID
-    from modelplex._runtime import current_runtime
+    from modelplex._driver.runtime import current_runtime
 
     controller = current_runtime().controller
     dep = DeploymentID("default", "SoakModel")

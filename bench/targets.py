@@ -17,7 +17,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-__all__ = ["ROOT", "Server", "SkipTarget", "Target", "free_port", "ray_available"]
+__all__ = ["ROOT", "Server", "SkipTarget", "Target", "cpu_seconds", "free_port", "ray_available"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +33,7 @@ class Target:
     policy: str | None = None  # modelplex only: eviction_policy, None = the default (LRU)
     root: str | None = None  # modelplex only: another checkout to run (``--baseline``)
     metrics: bool = True  # modelplex only: False runs it with MODELPLEX_METRICS=0
+    access_log: bool = True  # modelplex only: False turns the deployment's access log off
 
     @property
     def label(self) -> str:
@@ -40,6 +41,7 @@ class Target:
             base = " (baseline)" if self.root else ""
             policy = f" {self.policy}" if self.policy else " lru"
             off = " metrics off" if not self.metrics else ""
+            off += " access log off" if not self.access_log else ""
             return f"modelplex[{self.backend}]{base}{policy}{off}"
         return "Ray Serve lru" if self.system == "ray" else self.system
 
@@ -83,6 +85,17 @@ def descendants(pid: int) -> dict[int, str]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of ``pid`` and every process below it (those alive now)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        fields = _stat(p)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def _kill_if_same(pid: int, started: str) -> None:
     fields = _stat(pid)
     if fields is not None and fields[0] != "Z" and fields[19] == started:
@@ -96,7 +109,8 @@ class Server:
     """A running driver; use as a context manager. ``ready`` holds its startup figures."""
 
     def __init__(self, target: Target, app: str, app_kwargs: dict, log_path: str,
-                 timeout_s: float = 180.0, driver_options: dict | None = None) -> None:
+                 timeout_s: float = 180.0, driver_options: dict | None = None,
+                 python_path: tuple[str, ...] = ()) -> None:
         self.target = target
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -104,8 +118,9 @@ class Server:
                   "app": app, "app_kwargs": app_kwargs, **(driver_options or {})}
         # A baseline runs wholly from its own checkout (its bench.driver and its modelplex).
         root = target.root or ROOT
-        env = dict(os.environ, PYTHONPATH=root, RAY_USAGE_STATS_ENABLED="0",
-                   RAY_SERVE_LOG_TO_STDERR="0")
+        # python_path: generated modules (a gRPC service's) that the system's processes import.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join((root, *python_path)),
+                   RAY_USAGE_STATS_ENABLED="0", RAY_SERVE_LOG_TO_STDERR="0")
         if not target.metrics:
             env["MODELPLEX_METRICS"] = "0"
         self._log = open(log_path, "a")

@@ -3,8 +3,7 @@
 Written so that Ray Serve's model multiplexing code runs with ``import modelplex as serve``.
 """
 
-from ._admin import ArtifactStatus, ModelStatus
-from ._api import (
+from ._driver.api import (
     configure_multiplexing,
     delete,
     get_app_handle,
@@ -15,6 +14,7 @@ from ._api import (
     pin_model,
     preload_model,
     run,
+    set_model_weights,
     shutdown,
     start,
     status,
@@ -22,100 +22,42 @@ from ._api import (
     unpin_model,
 )
 from ._specs import ProxyInfo
-from ._batch import batch
-from ._status import ApplicationStatus, DeploymentStatus, ReplicaStatus, ServeStatus
+from ._user.batch import batch
+from ._types import (
+    ApplicationStatus,
+    ArtifactStatus,
+    DeploymentStatus,
+    ModelStatus,
+    ReplicaStatus,
+    ServeStatus,
+)
 from ._config import HTTPOptions
 from ._context import ReplicaContext, get_multiplexed_model_id, get_replica_context
-from ._fetch import fetch
-from ._deployment import Application, Deployment, deployment
-from ._errors import (
-    ApplicationNotFoundError,
-    BackPressureError,
-    BadRequestError,
-    ClientDisconnectedError,
-    ConfigError,
-    DeploymentFailedError,
-    DeploymentNotFoundError,
-    DiskCacheFullError,
-    HeadersTooLargeError,
-    MethodNotFoundError,
-    MissingModelIdError,
-    ModelCacheClosedError,
-    ModelIdError,
-    ModelLoadBackoffError,
-    ModelLoadTimeoutError,
-    ModelNotFoundError,
-    ModelplexError,
-    ModelTooLargeError,
-    NoModelLoaderError,
-    PayloadTooLargeError,
-    PortInUseError,
-    RemoteError,
-    ReplicaDiedError,
-    ReplicasNotReadyError,
-    RequestTimeoutError,
-    RouteNotFoundError,
-    ShuttingDownError,
-    StorageAccessDeniedError,
-    StorageUnavailableError,
-    UnauthorizedError,
-    UnserializableArgumentsError,
-    UnserializableResultError,
-)
-from ._handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
-from ._ingress import ingress
-from ._multiplex import multiplexed
-from . import config, exceptions, handle  # Ray's module paths: modelplex.handle, ...
+from ._user.fetch import fetch
+from ._user.deployment import Application, Deployment, deployment
+from .exceptions import *  # noqa: F403  (the error tree, listed once: _errors.__all__)
+from ._user.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+from ._user.ingress import ingress
+from ._user.multiplex import multiplexed
+from . import config, exceptions, grpc_util, handle  # Ray's module paths: modelplex.handle, ...
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Application",
-    "ApplicationNotFoundError",
     "ApplicationStatus",
     "ArtifactStatus",
-    "BackPressureError",
-    "BadRequestError",
-    "ClientDisconnectedError",
-    "ConfigError",
     "Deployment",
-    "DeploymentFailedError",
     "DeploymentHandle",
-    "DeploymentNotFoundError",
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "DeploymentStatus",
-    "DiskCacheFullError",
     "HTTPOptions",
-    "HeadersTooLargeError",
-    "MethodNotFoundError",
-    "MissingModelIdError",
-    "ModelCacheClosedError",
-    "ModelIdError",
-    "ModelLoadBackoffError",
-    "ModelLoadTimeoutError",
-    "ModelNotFoundError",
     "ModelStatus",
-    "ModelTooLargeError",
-    "ModelplexError",
-    "NoModelLoaderError",
-    "PayloadTooLargeError",
-    "PortInUseError",
     "ProxyInfo",
-    "RemoteError",
-    "ReplicaDiedError",
     "ReplicaContext",
     "ReplicaStatus",
-    "ReplicasNotReadyError",
-    "RequestTimeoutError",
-    "RouteNotFoundError",
     "ServeStatus",
-    "ShuttingDownError",
-    "StorageAccessDeniedError",
-    "StorageUnavailableError",
-    "UnauthorizedError",
-    "UnserializableArgumentsError",
-    "UnserializableResultError",
     "batch",
     "configure_multiplexing",
     "delete",
@@ -133,9 +75,11 @@ __all__ = [
     "pin_model",
     "preload_model",
     "run",
+    "set_model_weights",
     "shutdown",
     "start",
     "status",
     "unload_model",
     "unpin_model",
+    *exceptions.__all__,
 ]

@@ -3,6 +3,11 @@
 Every option a user can set lands in one of these frozen dataclasses, checked when it is built:
 a bad value raises ``TypeError``/``ValueError`` naming the option and the value, so mistakes
 surface at decoration or ``serve.start`` time rather than deep inside a replica.
+
+Longer than most modules on purpose: it is the one place every option and its rule are
+written down (``DeploymentConfig``, ``AutoscalingConfig``, ``TenantPolicy``, the instance's
+options and the cache limits), so a config file, a decorator and the management API all check
+one rule.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from ._model_ids import validate_model_id
 
 DEFAULT_HTTP_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
@@ -39,11 +47,82 @@ def _positive_float(name: str, value: Any, *, optional: bool = False) -> float |
     return float(value)
 
 
+# ---- model cache limits ---------------------------------------------------------------------------
+
+
+def check_max_models(value: Any, name: str = "max_models") -> int:
+    """Validate a model-count limit; ``name`` is how the caller's user spells it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value == 0 or value < -1:
+        raise ValueError(f"{name} must be >= 1 or -1 (unbounded), got {value!r}")
+    return value
+
+
+def check_max_bytes(value: Any, name: str = "max_bytes") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+    return value
+
+
+def check_load_timeout(value: Any, name: str = "model_load_timeout_s") -> float | None:
+    """A model load's time limit: None (no limit) or a finite number of seconds > 0. One rule
+    for ``@serve.multiplexed`` and the cache it builds; a string is a bad value, as Ray says."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")  # NaN too
+    return float(value)
+
+
+def check_cache_limits(max_models: Any, max_bytes: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` naming a bad cache limit, in the names of
+    ``@serve.multiplexed`` (None leaves a limit as it is)."""
+    if max_models is not None:
+        check_max_models(max_models, "max_num_models_per_replica")
+    if max_bytes is not None:
+        check_max_bytes(max_bytes, "max_memory_bytes")
+
+
 # Ray Serve's keys, with the same meaning; scheduling_strategy overrides our default, SPREAD.
 RAY_ACTOR_OPTIONS = frozenset({
     "accelerator_type", "label_selector", "memory", "num_cpus", "num_gpus",
     "object_store_memory", "resources", "runtime_env", "scheduling_strategy",
 })
+
+
+# Ray keeps resource amounts in fixed point: 1/10000 is the finest fraction it takes.
+RESOURCE_UNIT = 10_000
+
+
+def check_quantity(name: str, value: Any) -> float:
+    """A resource amount as Ray takes it: a number >= 0, no finer than 1/10000."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if value == math.inf:
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if 0 < value < 1 / RESOURCE_UNIT:
+        raise ValueError(f"{name} must be 0 or at least 0.0001 (Ray's precision), got {value!r}")
+    return float(value)
+
+
+def check_resource_names(name: str, resources: Any) -> Mapping[str, Any]:
+    """Custom resources: a dict of names to amounts; CPU and GPU have their own keywords."""
+    if not isinstance(resources, Mapping):
+        raise TypeError(f"{name} must be a dict, got {resources!r}")
+    for key, amount in resources.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{name} must have non-empty string keys, got {key!r}")
+        if key in ("CPU", "GPU"):
+            raise ValueError(
+                f"{name} must not name {key!r}: use num_cpus and num_gpus for those, as in Ray"
+            )
+        check_quantity(f"{name}[{key!r}]", amount)
+    return resources
 
 
 def _check_ray_actor_options(options: Any) -> None:
@@ -57,13 +136,30 @@ def _check_ray_actor_options(options: Any) -> None:
         )
     for key in ("num_cpus", "num_gpus", "memory", "object_store_memory"):
         value = options.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-        ):
-            raise ValueError(f"ray_actor_options[{key!r}] must be a number >= 0, got {value!r}")
+        if value is not None:
+            check_quantity(f"ray_actor_options[{key!r}]", value)
+    gpus = options.get("num_gpus")
+    if gpus is not None and gpus > 1 and gpus != int(gpus):
+        # Ray's rule: a fraction shares one device; more than one device is whole devices.
+        raise ValueError(
+            f"ray_actor_options['num_gpus'] must be a whole number when more than 1, got {gpus!r}"
+        )
     resources = options.get("resources")
-    if resources is not None and not isinstance(resources, Mapping):
-        raise TypeError(f"ray_actor_options['resources'] must be a dict, got {resources!r}")
+    if resources is not None:
+        check_resource_names("ray_actor_options['resources']", resources)
+    runtime_env = options.get("runtime_env")
+    if runtime_env is not None:
+        if not isinstance(runtime_env, Mapping):
+            raise TypeError(f"ray_actor_options['runtime_env'] must be a dict, got {runtime_env!r}")
+        env_vars = runtime_env.get("env_vars")
+        if env_vars is not None and (
+            not isinstance(env_vars, Mapping)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items())
+        ):
+            raise TypeError(
+                "ray_actor_options['runtime_env']['env_vars'] must be a dict of strings to "
+                f"strings, as in Ray, got {env_vars!r}"
+            )
 
 
 def _number(name: str, value: Any, *, minimum: float, strict: bool) -> float:
@@ -81,7 +177,7 @@ class AutoscalingConfig:
     The replica count follows ongoing plus queued requests per replica toward
     ``target_ongoing_requests``, averaged over ``look_back_period_s``; a change must hold for
     ``upscale_delay_s`` / ``downscale_delay_s`` before it is made. modelplex also looks at the
-    cache (see ``_autoscale``)."""
+    cache (see ``_control/autoscale/policy.py``)."""
 
     min_replicas: int = 1
     max_replicas: int = 1
@@ -146,6 +242,63 @@ class AutoscalingConfig:
         return cls.from_value({**base, **dict(overrides or {})})
 
 
+FAIRNESS = ("fair", "fifo")
+
+
+def check_model_weights(value: Any, name: str = "model_weights") -> dict[str, float]:
+    """``{model id: weight}``, each weight a finite number > 0; a copy, so the caller's dict
+    may change afterwards. Ids not named weigh 1."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of model id -> weight, got {value!r}")
+    out: dict[str, float] = {}
+    for model_id, weight in value.items():
+        if not isinstance(model_id, str) or not model_id:
+            raise ValueError(f"{name} has a key that is not a model id: {model_id!r}")
+        try:
+            validate_model_id(model_id)
+        except ValueError as exc:
+            raise ValueError(f"{name} has a bad model id {model_id!r}: {exc}") from None
+        if (
+            isinstance(weight, bool) or not isinstance(weight, (int, float))
+            or not 0 < weight < math.inf
+        ):
+            raise ValueError(
+                f"{name} must give each id a finite number > 0, got {weight!r} for {model_id!r}"
+            )
+        out[model_id] = float(weight)
+    return out
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """How one deployment shares its replicas among model ids; every router of the deployment
+    applies it (it travels in the replica set, see ``_data/fairness.py``).
+
+    ``fairness="fair"``: when every slot is busy, the next goes to the waiting model id that
+    has had the least service, weighted by ``weights`` (1 for an id not named); ``"fifo"``:
+    arrival order, grouped by model id. ``max_ongoing_per_model`` caps one id's requests
+    running at once, ``max_queued_per_model`` its requests waiting (-1: no cap)."""
+
+    fairness: str = "fair"
+    weights: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    max_ongoing_per_model: int = -1
+    max_queued_per_model: int = -1
+
+    def __post_init__(self) -> None:
+        if self.fairness not in FAIRNESS:
+            raise ValueError(f"fairness must be 'fair' or 'fifo', got {self.fairness!r}")
+        object.__setattr__(self, "weights", check_model_weights(self.weights))
+        _int("max_ongoing_requests_per_model", self.max_ongoing_per_model, minimum=1, allow_minus_one=True)
+        _int("max_queued_requests_per_model", self.max_queued_per_model, minimum=0, allow_minus_one=True)
+
+    @property
+    def fair(self) -> bool:
+        return self.fairness == "fair"
+
+    def weight(self, model_id: str) -> float:
+        return self.weights.get(model_id, 1.0)
+
+
 @dataclass(frozen=True)
 class DeploymentConfig:
     """How one deployment runs; ``Deployment.options`` builds a new one with ``replace``."""
@@ -168,6 +321,11 @@ class DeploymentConfig:
     logging_config: "LoggingConfig | None" = None
     # Handed to the user's reconfigure() on each replica; JSON-serializable, as in Ray.
     user_config: Any = None
+    # How model ids share the replicas (``TenantPolicy``); all four change in place.
+    fairness: str = "fair"
+    model_weights: Mapping[str, float] | None = None
+    max_ongoing_requests_per_model: int = -1
+    max_queued_requests_per_model: int = -1
 
     def __post_init__(self) -> None:
         if self.logging_config is not None:
@@ -201,6 +359,17 @@ class DeploymentConfig:
                 raise ValueError(f"user_config is not JSON-serializable: {exc}") from None
             # A copy: the caller's dict may change after deploy; the replicas' must not.
             object.__setattr__(self, "user_config", copy.deepcopy(self.user_config))
+        if self.model_weights is not None:
+            object.__setattr__(self, "model_weights", check_model_weights(self.model_weights))
+        _ = self.tenants  # checks fairness and the per-model limits
+
+    @property
+    def tenants(self) -> TenantPolicy:
+        """What the routers apply: fairness, weights and the per-model limits."""
+        return TenantPolicy(
+            self.fairness, self.model_weights or {}, self.max_ongoing_requests_per_model,
+            self.max_queued_requests_per_model,
+        )
 
     @property
     def initial_replicas(self) -> int:
@@ -264,6 +433,94 @@ class HTTPOptions:
                 raise TypeError(f"unknown http option(s): {', '.join(sorted(unknown))}")
             return cls(**value)
         raise TypeError(f"http_options must be a dict or HTTPOptions, got {value!r}")
+
+
+DEFAULT_GRPC_PORT = 9000
+
+
+@dataclass(frozen=True)
+class gRPCOptions:  # noqa: N801  (Ray Serve's name)
+    """Ray Serve 2.60's ``grpc_options``: the same fields and defaults.
+
+    gRPC is served only when ``grpc_servicer_functions`` names at least one
+    ``add_<Service>Servicer_to_server`` function (import paths, resolved when the proxy
+    starts), on the host HTTP uses (``http_options.host``). Port 0 picks a free port (Ray
+    switches gRPC off there); ``serve.list_proxies()`` says which."""
+
+    port: int = DEFAULT_GRPC_PORT
+    grpc_servicer_functions: tuple[str, ...] = ()
+    request_timeout_s: float | None = None
+    enable_reflection: bool = True
+
+    def __post_init__(self) -> None:
+        _int("port", self.port, minimum=0)
+        if self.port > 65535:
+            raise ValueError(f"port must be <= 65535, got {self.port!r}")
+        functions = self.grpc_servicer_functions
+        if isinstance(functions, str) or not isinstance(functions, (list, tuple)):
+            raise TypeError(f"grpc_servicer_functions must be a list of import paths, got {functions!r}")
+        for path in functions:
+            if not isinstance(path, str) or "." not in path.strip(".") or " " in path:
+                raise ValueError(
+                    f"grpc_servicer_functions must hold import paths such as "
+                    f"'my_pb2_grpc.add_MyServiceServicer_to_server', got {path!r}"
+                )
+        object.__setattr__(self, "grpc_servicer_functions", tuple(functions))
+        _positive_float("request_timeout_s", self.request_timeout_s, optional=True)
+        if not isinstance(self.enable_reflection, bool):
+            raise TypeError(f"enable_reflection must be a bool, got {self.enable_reflection!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.grpc_servicer_functions)
+
+    @classmethod
+    def from_value(cls, value: "gRPCOptions | Mapping[str, Any] | None") -> "gRPCOptions":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise TypeError(f"unknown grpc option(s): {', '.join(sorted(unknown))}")
+            return cls(**value)
+        raise TypeError(f"grpc_options must be a dict or gRPCOptions, got {value!r}")
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """The node's inventory as ``serve.start`` (and ``ray.init``) take it: None detects it.
+
+    ``num_cpus`` and ``num_gpus`` are whole numbers, as ``ray.init`` takes them; ``resources``
+    names custom resources and their amounts. Given values win over what is detected, so a
+    test can say "this node has 4 GPUs" on a machine without one."""
+
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    resources: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_cpus", "num_gpus"):
+            value = getattr(self, name)
+            if value is not None:
+                _int(name, value, minimum=0)
+        if self.resources is not None:
+            check_resource_names("resources", self.resources)
+            object.__setattr__(
+                self, "resources", {k: float(v) for k, v in sorted(self.resources.items())}
+            )
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.num_cpus, self.num_gpus, self.resources))
+
+    def options(self) -> dict[str, Any]:
+        """The values given, as ``serve.start`` and ``ray.init`` take them."""
+        return {
+            k: (dict(v) if isinstance(v, Mapping) else v)
+            for k, v in dataclasses.asdict(self).items() if v is not None
+        }
 
 
 CLUSTERS = ("local", "ray")

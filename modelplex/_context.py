@@ -7,9 +7,12 @@ call made with another id never changes the caller's.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol, TypeVar
+
+from ._events import CacheEvents
 
 
 @dataclass
@@ -69,10 +72,22 @@ class ReplicaID:
 
 @dataclass(frozen=True)
 class ReplicaContext:
-    """What ``serve.get_replica_context()`` returns inside a replica, as in Ray Serve."""
+    """What ``serve.get_replica_context()`` returns inside a replica, as in Ray Serve.
+
+    Beyond Ray's fields, what the node gave the replica, in the names of Ray's own calls
+    inside an actor: ``gpu_ids`` as ``ray.get_gpu_ids()`` (the node's device ids, the ones
+    ``CUDA_VISIBLE_DEVICES`` names; inside the process they are ``cuda:0``, ``cuda:1``...),
+    ``assigned_resources`` as ``get_runtime_context().get_assigned_resources()`` and
+    ``accelerator_ids`` as ``get_accelerator_ids()``."""
 
     replica_id: ReplicaID
     servable_object: Any = None  # the deployment's instance, once constructed
+    gpu_ids: tuple[str, ...] = ()
+    assigned_resources: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def accelerator_ids(self) -> dict[str, list[str]]:
+        return {"GPU": list(self.gpu_ids)}
 
     @property
     def app_name(self) -> str:
@@ -101,16 +116,48 @@ def get_replica_context() -> ReplicaContext:
     return replica_context
 
 
-@dataclass
-class ReplicaHooks:
-    """Set in a replica process (see ``_multiplex.install_replica_hooks``)."""
+@dataclass(frozen=True)
+class CacheHooks:
+    """What a replica hands each model cache as it is made: told of every change of what the
+    cache holds (to push it to routers); the models requests already on their way will ask
+    for (evicted last); the cache's events (metrics). None: nobody listens."""
 
-    on_new_cache: Callable[[Any], None] | None = None
-    user_loop: Any = None
+    on_change: Callable[[], None] | None = None
+    wanted: Callable[[], frozenset[str]] | None = None
+    events: CacheEvents | None = None
+
+
+C = TypeVar("C")
+
+
+class CacheHost(Protocol):
+    """The replica, as a multiplexed loader's new cache sees it."""
+
+    def new_cache(self, make: Callable[[CacheHooks], C]) -> C:
+        """``make(hooks)``: the cache, built with the replica's hooks and kept by it."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReplicaHooks:
+    """Set in a replica process (see ``install_replica_hooks``); empty elsewhere."""
+
+    caches: CacheHost | None = None  # where a new cache gets its hooks; None: it gets none
+    user_loop: asyncio.AbstractEventLoop | None = None  # where sync callers hop to
     app_name: str = ""  # the application the replica serves (serve.list_models' default)
 
 
 replica_hooks = ReplicaHooks()
+
+
+def install_replica_hooks(
+    caches: CacheHost | None, user_loop: asyncio.AbstractEventLoop | None, app_name: str = ""
+) -> None:
+    """Called by the replica process: where new caches get their hooks, and which loop sync
+    callers hop to. Kept on this module, which cloudpickle ships by reference: a user class
+    pickled by value carries copies of its own modules' globals, not the modules."""
+    global replica_hooks
+    replica_hooks = ReplicaHooks(caches, user_loop, app_name)
 
 
 def current_request() -> RequestContext | None:

@@ -2,6 +2,8 @@
 
     ModelplexError                      HTTP status (500 unless given)
     ├── DeploymentFailedError           a replica's constructor (or reconfigure) raised; carries the traceback
+    │   └── InsufficientResourcesError  its replicas ask for more than the node has in all; carries
+    │                                        `resource`, `requested` and `total`
     ├── ModelIdError (ValueError)       400: the model id is missing or malformed
     │   └── MissingModelIdError         400: a multiplexed loader was called without a model id
     ├── ModelLoadTimeoutError (TimeoutError)   504: the loader ran past its time limit
@@ -14,6 +16,7 @@
     ├── ShuttingDownError               503: modelplex is shutting down
     ├── UnserializableArgumentsError (TypeError)   a handle call's arguments cannot be pickled
     ├── BackPressureError               503: queue full; carries `queued` and `limit`
+    │                                        (429 when one model id's backlog is full: `model_id`)
     ├── RequestTimeoutError (TimeoutError)     504: no answer within the request timeout
     ├── MethodNotFoundError (AttributeError)   the deployment has no such method
     ├── UnserializableResultError (TypeError)  a return value that cannot become a response
@@ -24,7 +27,7 @@
     │                                        naming its place (``applications[0].name: ...``)
     ├── UnauthorizedError               401: management routes need the bearer token
     ├── RouteNotFoundError              404: no application, or management route, at that path
-    ├── PortInUseError (OSError)        the HTTP port is taken; carries `host` and `port`
+    ├── PortInUseError (OSError)        the HTTP or gRPC port is taken; carries `host` and `port`
     ├── ApplicationNotFoundError (KeyError)    404: no application of that name
     ├── DeploymentNotFoundError (KeyError)     404: the application has no deployment of that name
     ├── PayloadTooLargeError            413: the request body is over ``max_body_bytes``
@@ -58,6 +61,10 @@ Outside the tree, on purpose:
 ``error_response`` is the one table from an exception to the answer an HTTP client gets: the
 proxy, the model management routes, the replica (for Starlette's ``HTTPException``) and the
 HTTP protocol (for an oversized head) all answer through it.
+
+The module is longer than most because it is one thing: the tree drawn above, each class with
+its fields and message, and the table at the end; splitting it would part the picture from
+what it draws.
 """
 
 from __future__ import annotations
@@ -68,6 +75,8 @@ from typing import NamedTuple
 
 from starlette.exceptions import HTTPException
 
+# The public error tree: re-exported by ``modelplex.exceptions`` and ``modelplex`` from this
+# one list. ``error_response`` and the other helpers are for modelplex's own modules.
 __all__ = [
     "ApplicationNotFoundError",
     "BackPressureError",
@@ -77,8 +86,8 @@ __all__ = [
     "DeploymentFailedError",
     "DeploymentNotFoundError",
     "DiskCacheFullError",
-    "ErrorResponse",
     "HeadersTooLargeError",
+    "InsufficientResourcesError",
     "MethodNotFoundError",
     "MissingModelIdError",
     "ModelCacheClosedError",
@@ -88,23 +97,20 @@ __all__ = [
     "ModelNotFoundError",
     "ModelTooLargeError",
     "ModelplexError",
-    "PortInUseError",
     "NoModelLoaderError",
     "PayloadTooLargeError",
+    "PortInUseError",
     "RemoteError",
-    "RemoteTraceback",
     "ReplicaDiedError",
     "ReplicasNotReadyError",
+    "RequestTimeoutError",
+    "RouteNotFoundError",
     "ShuttingDownError",
     "StorageAccessDeniedError",
     "StorageUnavailableError",
-    "RequestTimeoutError",
-    "RouteNotFoundError",
     "UnauthorizedError",
     "UnserializableArgumentsError",
     "UnserializableResultError",
-    "error_response",
-    "http_status_for",
 ]
 
 
@@ -149,6 +155,28 @@ class DeploymentFailedError(ModelplexError):
         self.action = action  # "start", or "reconfigure"
 
 
+class InsufficientResourcesError(DeploymentFailedError):
+    """On a backend that places replicas itself (local), a deployment whose replicas could
+    never start on the node: one asks for more of ``resource`` than the node's ``total``, or
+    the application's replicas do not fit together. Raised by ``serve.run`` at once."""
+
+    def __init__(
+        self, deployment: str, resource: str, requested: float, total: float, message: str = ""
+    ) -> None:
+        hint = {"CPU": "num_cpus=...", "GPU": "num_gpus=..."}.get(resource, "resources={...}")
+        message = message or (
+            f"a replica asks for {requested:g} {resource}, and the node has {total:g}"
+        )
+        super().__init__(
+            deployment,
+            f"{message} (the node's inventory is detected, or given to serve.start({hint}) "
+            "or `modelplex start`)",
+        )
+        self.resource = resource
+        self.requested = requested
+        self.total = total
+
+
 class ModelIdError(ModelplexError, ValueError):
     http_status = 400
 
@@ -158,8 +186,8 @@ class MissingModelIdError(ModelIdError):
         super().__init__(
             message
             or "No model id in this request: send the header 'serve_multiplexed_model_id' "
-            "(or 'serve-multiplexed-model-id'), or call "
-            "handle.options(multiplexed_model_id=...)."
+            "(or 'serve-multiplexed-model-id'), the gRPC metadata 'multiplexed_model_id', or "
+            "call handle.options(multiplexed_model_id=...)."
         )
 
 
@@ -255,16 +283,38 @@ class ReplicaDiedError(ModelplexError):
 
 
 class BackPressureError(ModelplexError):
-    http_status = 503
+    """Too many requests wait. With ``model_id`` set, that model id's own backlog is full
+    (``max_queued_requests_per_model``, 429): the caller should slow down, not go elsewhere.
+    Without it, the deployment's (``max_queued_requests``, 503)."""
 
-    def __init__(self, deployment: str, queued: int, limit: int) -> None:
-        super().__init__(
-            f"Deployment '{deployment}' has {queued} requests queued, at its limit of "
-            f"{limit} (max_queued_requests)."
-        )
+    def __init__(
+        self, deployment: str, queued: int, limit: int, model_id: str = "",
+        retry_after_s: int = 1,
+    ) -> None:
+        if model_id:
+            message = (
+                f"Model '{model_id}' has {queued} requests queued in deployment "
+                f"'{deployment}', at its limit of {limit} (max_queued_requests_per_model)."
+            )
+        else:
+            message = (
+                f"Deployment '{deployment}' has {queued} requests queued, at its limit of "
+                f"{limit} (max_queued_requests)."
+            )
+        super().__init__(message)
         self.deployment = deployment
         self.queued = queued
         self.limit = limit
+        self.model_id = model_id
+        self.retry_after = max(1, int(retry_after_s))
+
+    @property
+    def http_status(self) -> int:  # type: ignore[override]
+        return 429 if getattr(self, "model_id", "") else 503
+
+    @property
+    def retry_after_s(self) -> int:
+        return getattr(self, "retry_after", 1)
 
 
 class RequestTimeoutError(ModelplexError, TimeoutError):
@@ -321,20 +371,21 @@ class RouteNotFoundError(ModelplexError):
 class PortInUseError(ModelplexError, OSError):
     """An ``OSError`` too, so code that caught the bind error as one still does."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, option: str = "http_options") -> None:
         super().__init__(
             errno.EADDRINUSE,
             f"Port {port} on {host} is in use: stop what listens there, or pass "
-            f"http_options={{'port': ...}} with a free port (0 picks one).",
+            f"{option}={{'port': ...}} with a free port (0 picks one).",
         )
         self.host = host
         self.port = port
+        self.option = option  # which options' port: "http_options" or "grpc_options"
 
     def __str__(self) -> str:  # the message alone, without OSError's "[Errno 98]"
         return self.strerror
 
     def __reduce__(self):
-        return (type(self), (self.host, self.port))
+        return (type(self), (self.host, self.port, self.option))
 
 
 class _NotFound(ModelplexError, KeyError):
@@ -470,7 +521,7 @@ class RemoteTraceback(Exception):
 
 class ErrorResponse(NamedTuple):
     status: int
-    headers: tuple[tuple[bytes, bytes], ...]  # content-type and -length, and Retry-After for 503
+    headers: tuple[tuple[bytes, bytes], ...]  # content-type and -length, Retry-After for 429/503
     body: bytes
 
 
@@ -486,7 +537,7 @@ def error_response(exc: BaseException) -> ErrorResponse:
         message = str(exc).splitlines()[0] if str(exc).strip() else ""
         if isinstance(exc, ModelplexError):
             status, text = exc.http_status, exc.response_text()
-            if status == 503:
+            if status in (429, 503):
                 extra = [(b"retry-after", str(exc.retry_after_s).encode())]
         else:
             status = 500

@@ -1,14 +1,14 @@
 """What the core classes tell an observer: small event interfaces, no-ops by default.
 
 The model cache, the router, the controller and the replica call these; they never create a
-metric. The driver and the replica install the Prometheus implementations (``_metrics``), so
+metric. The driver and the replica install the Prometheus implementations (``_obs/recorders.py``), so
 the core classes' unit tests stay plain and pay nothing. A method here must be cheap: some run
 on every request.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Mapping, Protocol
 
 __all__ = [
     "CacheEvents",
@@ -55,11 +55,24 @@ class RouterEvents(Protocol):
     """One router's decisions (one router per deployment per process)."""
 
     def placed(self, reason: str, loads: bool, duplicate: bool) -> None:
-        """A request got a replica; ``reason`` is ``_routing.Reason``'s value. ``duplicate``:
+        """A request got a replica; ``reason`` is ``_data.routing.Reason``'s value. ``duplicate``:
         it starts a load of a model another replica already holds."""
 
     def queued(self, waiting: int) -> None:
         """The number of requests waiting in this router changed."""
+
+    def waited(self, seconds: float) -> None:
+        """A request got its slot ``seconds`` after it arrived (0 when placed at once)."""
+
+    def shed(self, model_id: str, reason: str) -> None:
+        """A request was refused for a full queue: ``reason`` "model_queue" (its model id's
+        backlog, 429) or "queue" (the deployment's, 503)."""
+
+    def served(self, model_id: str, seconds: float) -> None:
+        """A request of ``model_id`` let go of its slot after ``seconds``."""
+
+    def shares(self, shares: Mapping[str, float]) -> None:
+        """Every report: each busy model id's share of this router's recent slot time."""
 
 
 class ControllerEvents(Protocol):
@@ -95,6 +108,18 @@ class _NoRouterEvents:
         pass
 
     def queued(self, waiting: int) -> None:
+        pass
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+    def shed(self, model_id: str, reason: str) -> None:
+        pass
+
+    def served(self, model_id: str, seconds: float) -> None:
+        pass
+
+    def shares(self, shares: Mapping[str, float]) -> None:
         pass
 
 

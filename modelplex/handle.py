@@ -1,5 +1,5 @@
 """``ray.serve.handle``'s names that modelplex has, at the same import path."""
 
-from ._handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+from ._user.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]

@@ -49,7 +49,7 @@ def start_cli(cwd, source: str, *args: str) -> tuple[subprocess.Popen, str]:
     return the process and the first URL it says it serves on (the caller stops it)."""
     (cwd / "cli_app.py").write_text(source)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelplex._cli", "run", "cli_app:app", *args],
+        [sys.executable, "-m", "modelplex._driver.cli", "run", "cli_app:app", *args],
         cwd=cwd,
         env=dict(os.environ, PYTHONPATH=ROOT),
         stdout=subprocess.PIPE,
@@ -84,9 +84,32 @@ def start_on_a_free_port(**options) -> SimpleNamespace:
         return SimpleNamespace(port=port, url=f"http://127.0.0.1:{port}")
 
 
+@pytest.fixture(scope="module")
+def cluster_options() -> dict:
+    """What ``serve.start`` gets besides its ports: the local backend here; Ray in tests/ray."""
+    return {}
+
+
 @pytest.fixture
 def serve_instance():
     import modelplex as serve
 
     yield start_on_a_free_port()
     serve.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run only where torch sees a CUDA device (torch is imported only if one
+    such test was collected: it takes seconds)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    try:
+        import torch
+
+        why = None if torch.cuda.is_available() else "needs a CUDA device"
+    except ImportError:
+        why = "needs torch and a CUDA device"
+    if why is not None:
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason=why))

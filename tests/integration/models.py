@@ -81,3 +81,25 @@ def make_recorder(capacity: int = 2, *, sync_loader: bool = False):
             return os.getpid()
 
     return Recorder
+
+
+def make_echo(capacity: int = 2, *, load_s: float = 0.0, name: str = "Echo", **options):
+    """The integration tests' plain multiplexed deployment: each model is its own id, loaded
+    in ``load_s``; ``__call__`` (HTTP, or a handle with no argument) and ``call`` answer the
+    request's model id. ``options`` go to ``@serve.deployment``."""
+
+    @serve.deployment(name=name, **options)
+    class Echo:
+        @serve.multiplexed(max_num_models_per_replica=capacity)
+        async def get_model(self, model_id: str) -> str:
+            if load_s:
+                await asyncio.sleep(load_s)
+            return model_id
+
+        async def __call__(self, request=None) -> str:
+            return await self.get_model(serve.get_multiplexed_model_id())
+
+        async def call(self) -> str:
+            return await self.get_model(serve.get_multiplexed_model_id())
+
+    return Echo

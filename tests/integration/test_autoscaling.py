@@ -12,7 +12,7 @@ import requests
 
 import modelplex as serve
 from modelplex._messages import DeploymentID
-from modelplex._runtime import current_runtime
+from modelplex._driver.runtime import current_runtime
 
 from ..conftest import wait_until
 from .models import read_events, record

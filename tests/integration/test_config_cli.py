@@ -48,7 +48,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def cli(cwd, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "modelplex._cli", *args],
+        [sys.executable, "-m", "modelplex._driver.cli", *args],
         cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=120,
     )
 
@@ -56,7 +56,7 @@ def cli(cwd, *args: str, **env: str) -> subprocess.CompletedProcess:
 def serve_cli(cwd, *args: str, **env: str) -> tuple[subprocess.Popen, str]:
     """``modelplex run|start ...`` until it says where it serves; the caller stops it."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelplex._cli", *args],
+        [sys.executable, "-m", "modelplex._driver.cli", *args],
         cwd=cwd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
@@ -106,12 +106,17 @@ def test_build_writes_a_config_that_run_serves(tmp_path):
         "deployments": [{"name": "Echo", "num_replicas": 1, "max_ongoing_requests": 5,
                          "max_queued_requests": -1, "max_num_models_per_replica": 2}],
     }]
+    # The node's inventory from the file, where the command line does not say otherwise.
+    config["node_resources"] = {"num_gpus": 2, "resources": {"accel": 1}}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     port = free_port()
-    proc, url = serve_cli(tmp_path, "run", "serve.yaml", "--port", str(port))
+    proc, url = serve_cli(tmp_path, "run", "serve.yaml", "--port", str(port), "--num-gpus", "3")
     try:
         assert url == f"http://127.0.0.1:{port}"
         r = requests.get(url, headers={"serve_multiplexed_model_id": "m"}, timeout=30)
         assert r.json()["version"] == "1"
+        total = requests.get(f"{url}/-/status", timeout=10).json()["resources"]["total"]
+        assert (total["GPU"], total["accel"]) == (3.0, 1.0)
         status = requests.get(f"{url}/-/applications", timeout=10).json()
         assert status["applications"]["app1"]["import_path"] == "cfg_app:app"
         os.killpg(proc.pid, signal.SIGINT)
@@ -125,6 +130,15 @@ def test_build_writes_a_config_that_run_serves(tmp_path):
     )
     bad = cli(tmp_path, "run", "bad.yaml", "--port", str(port))
     assert (bad.returncode, bad.stdout) == (1, "")
+    tenants = APP.replace("@serve.deployment", "@serve.deployment(fairness='fifo', "
+                          "model_weights={'gold': 4}, max_queued_requests_per_model=5)")
+    (tmp_path / "tenant_app.py").write_text(textwrap.dedent(tenants))
+    built = cli(tmp_path, "build", "tenant_app:app")
+    assert built.returncode == 0, built.stderr
+    [entry] = yaml.safe_load(built.stdout)["applications"][0]["deployments"]
+    assert {k: entry[k] for k in ("fairness", "model_weights", "max_queued_requests_per_model")} == {
+        "fairness": "fifo", "model_weights": {"gold": 4.0}, "max_queued_requests_per_model": 5}
+    assert "max_ongoing_requests_per_model" not in entry  # a default is not written
     assert bad.stderr.splitlines() == [
         "modelplex: bad.yaml: applications[0].deployments[0].num_replicas: must be an int >= 1 "
         "or 'auto', got 'many'",
@@ -206,7 +220,8 @@ def test_start_deploy_update_and_shutdown(tmp_path):
         # A count changes in place; an application the config drops is deleted.
         v3 = write_config(tmp_path / "v3.yaml", port, [{
             **rolled, "args": {"version": 2},
-            "deployments": [{"name": "Echo", "num_replicas": 3, "max_num_models_per_replica": 5}],
+            "deployments": [{"name": "Echo", "num_replicas": 3, "max_num_models_per_replica": 5,
+                             "model_weights": {"gold": 4}, "max_queued_requests_per_model": 10}],
         }])
         deployed = cli(tmp_path, "deploy", v3, *address, **token)
         assert deployed.returncode == 0, deployed.stderr
@@ -215,6 +230,12 @@ def test_start_deploy_update_and_shutdown(tmp_path):
             "modelplex: application 'rolled' updated",
         ]
         assert new_pids < pids(f"{url}/rolled", 3)  # the two kept, one added
+        r = requests.post(f"{url}/-/models/weights", headers=auth, timeout=10,
+                          json={"app": "rolled", "model_weights": {"gold": 2, "silver": 0.5}})
+        assert r.json() == {"model_weights": {"gold": 2.0, "silver": 0.5}}, r.text
+        r = requests.post(f"{url}/-/models/weights", headers=auth, timeout=10,
+                          json={"app": "rolled", "model_weights": {"gold": -1}})
+        assert r.status_code == 400 and "gold" in r.text
         assert requests.get(f"{url}/stable", timeout=10).status_code == 404
         status = cli(tmp_path, "status", "--json", *address, **token)
         deployments = json.loads(status.stdout)["applications"]["rolled"]["deployments"]

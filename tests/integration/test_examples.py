@@ -85,8 +85,8 @@ def test_readme_example_runs(serve_instance):
 
 def test_multiplexing_doc_example_runs(serve_instance, capsys):
     text = open(os.path.join(ROOT, "docs", "multiplexing.md")).read()
-    [block] = re.findall(r"```python\n(.*?)```", text, re.S)
-    exec(compile(block, "docs/multiplexing.md", "exec"), {"__name__": "docs"})
+    managing, _tenants = re.findall(r"```python\n(.*?)```", text, re.S)  # tenants: test_tenants
+    exec(compile(managing, "docs/multiplexing.md", "exec"), {"__name__": "docs"})
     printed = capsys.readouterr().out
     assert "en loaded True" in printed and "de loaded False" in printed
     names = {s.model_id for s in serve.list_models()}
@@ -111,3 +111,19 @@ def test_batched_embeddings_example(serve_instance):
                          headers={"serve_multiplexed_model_id": "en"}, timeout=60)
     first = answers[pairs.index(("en", "text 0"))]
     assert again.json()["embedding"] == first.json()["embedding"]
+
+
+def test_hardware_doc_example_runs(monkeypatch, capsys):
+    """On a given inventory, so any machine runs it as a GPU box would."""
+    for var in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    text = open(os.path.join(ROOT, "docs", "hardware.md")).read()
+    block = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    start = serve.start  # the example's instance, on a free port rather than 8000
+    monkeypatch.setattr(serve, "start", lambda **kw: start(http_options={"port": free_port()}, **kw))
+    try:
+        exec(compile(block, "docs/hardware.md", "exec"), {"__name__": "docs"})
+    finally:
+        serve.shutdown()
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["[(('0',), '0', '2'), (('1',), '1', '2')]", "{'CPU': 0.0, 'GPU': 0.0}"]

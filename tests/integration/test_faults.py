@@ -328,7 +328,7 @@ def test_management_routes_token_and_switch(tmp_path):
 
 
 def test_unauthenticated_pickle_to_a_replica_port_is_refused(serve_instance, tmp_path):
-    from modelplex._runtime import current_runtime
+    from modelplex._driver.runtime import current_runtime
 
     flag = tmp_path / "pwned"
     handle = serve.run(Slow.bind(str(tmp_path / "events")))
@@ -438,8 +438,8 @@ class Blocking:
 def test_a_new_router_is_greeted_while_user_code_blocks_the_loop(serve_instance):
     """Routers' connections are served on the user loop, but greeted on the control loop."""
     from modelplex._messages import ModelsUpdate
-    from modelplex._runtime import current_runtime
-    from modelplex._transport import connect
+    from modelplex._driver.runtime import current_runtime
+    from modelplex._data.transport import connect
 
     runtime = current_runtime()
     handle = serve.run(Blocking.bind())

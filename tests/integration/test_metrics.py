@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -15,33 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 import modelplex as serve
 
 from ..conftest import free_port, wait_until
+from .models import make_echo
 
 H = "serve_multiplexed_model_id"
 LOAD_S = 0.25  # every load: inside the (200, 300] ms bucket, so the p50 reads 250
 
 
-@serve.deployment
-class Slow:
-    @serve.multiplexed(max_num_models_per_replica=8)
-    async def get_model(self, model_id: str) -> str:
-        await asyncio.sleep(LOAD_S)
-        return model_id
-
-    async def __call__(self, request) -> str:
-        return await self.get_model(serve.get_multiplexed_model_id())
-
-
-@serve.deployment(max_ongoing_requests=64)
-class Instant:
-    @serve.multiplexed(max_num_models_per_replica=2)
-    async def get_model(self, model_id: str) -> str:
-        return model_id
-
-    async def __call__(self, request) -> str:
-        return await self.get_model(serve.get_multiplexed_model_id())
-
-    async def call(self) -> str:
-        return await self.get_model(serve.get_multiplexed_model_id())
+Slow = make_echo(8, load_s=LOAD_S, name="Slow")
+Instant = make_echo(2, name="Instant", max_ongoing_requests=64)
 
 
 class Prometheus:
@@ -139,9 +119,17 @@ def test_ten_thousand_model_ids_make_a_bounded_number_of_series(serve_instance):
         assert [c.result() for c in calls] == ids[start:start + 250]
     for _ in range(5):  # two busy models among them
         handle.options(multiplexed_model_id="model-9999").call.remote().result()
-    families = {f.name: f for f in text_string_to_metric_families(scrape(serve_instance.url))}
-    requests_by_model = [s for s in families["modelplex_multiplexed_model_requests"].samples
-                         if s.name.endswith("_total")]
+    def by_model(families: dict) -> list:
+        return [s for s in families["modelplex_multiplexed_model_requests"].samples
+                if s.name.endswith("_total")]
+
+    def all_counted() -> dict | None:  # each replica publishes within _obs/folder.PUBLISH_S
+        families = {f.name: f for f in text_string_to_metric_families(scrape(serve_instance.url))}
+        found = "modelplex_multiplexed_model_requests" in families
+        return families if found and sum(s.value for s in by_model(families)) == 10_005 else None
+
+    families = wait_until(all_counted, timeout=10, message="the replicas' counts never arrived")
+    requests_by_model = by_model(families)
     labels = {s.labels["model_id"] for s in requests_by_model}
     top = 50  # MODELPLEX_METRICS_TOP_MODELS' default
     assert "__other__" in labels and "model-9999" in labels

@@ -170,7 +170,7 @@ def test_cli_on_a_busy_port_says_so_in_one_line(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "modelplex._cli", "run", "cli_app:app", "--port", str(port)],
+            [sys.executable, "-m", "modelplex._driver.cli", "run", "cli_app:app", "--port", str(port)],
             cwd=tmp_path,
             env=dict(os.environ, PYTHONPATH=ROOT),
             stdout=subprocess.PIPE,
@@ -199,7 +199,7 @@ def test_start_on_a_busy_port_raises_port_in_use_and_leaves_nothing_running():
     import threading
 
     import modelplex as serve
-    from modelplex import _runtime
+    from modelplex._driver import runtime as _runtime
 
     threads, children = set(threading.enumerate()), _children()
     with socket.socket() as busy:
@@ -223,7 +223,7 @@ def test_starting_modelplex_prunes_old_log_folders(tmp_path, monkeypatch):
     import tempfile
 
     import modelplex as serve
-    from modelplex import _runtime
+    from modelplex._driver import runtime as _runtime
 
     dead = 4194305  # above the kernel's PID_MAX_LIMIT: never a live process
     root = tmp_path / "modelplex-logs"

@@ -10,7 +10,7 @@ import requests
 
 import modelplex as serve
 from modelplex._messages import DeploymentID
-from modelplex._runtime import current_runtime
+from modelplex._driver.runtime import current_runtime
 
 from ..conftest import wait_until
 
@@ -50,7 +50,9 @@ def test_max_queued_requests_holds_over_http(serve_instance):
     serve.run(Sleepy.bind())
     with concurrent.futures.ThreadPoolExecutor(60) as pool:
         answers = list(pool.map(
-            lambda _: requests.get(serve_instance.url, params={"s": "0.3"}, timeout=30),
+            # 1 s each: all 60 arrive while the first 12 still hold the slots and the queue,
+            # however slowly a loaded machine starts the threads.
+            lambda _: requests.get(serve_instance.url, params={"s": "1.0"}, timeout=60),
             range(60),
         ))
     statuses = [r.status_code for r in answers]

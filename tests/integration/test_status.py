@@ -3,6 +3,7 @@ page's routes and their token over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -74,7 +75,8 @@ def test_status_command_and_routes(tmp_path):
         # The text: applications, deployments, replicas, and under each its models.
         text = cli(tmp_path, "status", *address, **token)
         assert text.returncode == 0, text.stderr
-        lines = text.stdout.splitlines()
+        node, *lines = text.stdout.splitlines()
+        assert node.startswith("node  CPU ") and " free  GPU " in node  # the local backend's
         print(f"\nmodelplex status ({time.perf_counter() - started:.2f}s to the first full document):")
         print(text.stdout)
         assert lines[0] == "default  RUNNING  route /  ingress Models"
@@ -87,7 +89,7 @@ def test_status_command_and_routes(tmp_path):
 
         # --watch redraws in place until Ctrl-C.
         watch = subprocess.Popen(
-            [sys.executable, "-m", "modelplex._cli", "status", "--watch", *address],
+            [sys.executable, "-m", "modelplex._driver.cli", "status", "--watch", *address],
             cwd=tmp_path, env=_env(**token), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         time.sleep(2.6)
@@ -126,3 +128,62 @@ def test_status_command_and_routes(tmp_path):
             proc.wait(timeout=60)
         finally:
             proc.kill()
+
+
+def test_status_says_what_is_in_flight_every_load_and_the_requests_latencies(serve_instance):
+    """Through ``/-/status``: ongoing is what runs now (status probes are not requests), loads
+    are counted from the replicas' own events, request latencies are apart from load times, and
+    requests without a model id are neither hits nor misses."""
+    import concurrent.futures
+
+    import modelplex as serve
+
+    @serve.deployment(num_replicas=2, max_ongoing_requests=8)
+    class Timed:
+        @serve.multiplexed(max_num_models_per_replica=2)
+        async def get_model(self, model_id: str) -> str:
+            await asyncio.sleep(0.3)
+            return model_id
+
+        async def __call__(self, request) -> str:
+            model_id = serve.get_multiplexed_model_id()
+            if model_id:
+                await self.get_model(model_id)
+            await asyncio.sleep(float(request.query_params.get("hold", "0.05")))
+            return model_id or "none"
+
+    serve.run(Timed.bind())
+    url = serve_instance.url
+
+    def status() -> dict:
+        doc = requests.get(f"{url}/-/status", timeout=10).json()
+        return doc["applications"]["default"]["deployments"]["Timed"]
+
+    def get(model: str | None, **params: str) -> str:
+        headers = {"serve_multiplexed_model_id": model} if model else {}
+        r = requests.get(url, headers=headers, params=params, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.text
+
+    for _ in range(5):  # one miss, four hits
+        assert get("a") == "a"
+    for _ in range(5):
+        assert get(None) == "none"
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:  # 6 new ids on 2 x 2 slots at once
+        assert sorted(pool.map(get, [f"m{i}" for i in range(6)])) == [f"m{i}" for i in range(6)]
+    deployment = wait_until(lambda: (lambda d: d if d["requests"] >= 16 else None)(status()),
+                            timeout=10, message="the routers' reports never arrived")
+    assert deployment["loads"] == 7  # a, m0..m5: every load, the evicted ones included
+    assert deployment["hit_rate"] == round(4 / 11, 4)  # the 5 without a model id left out
+    assert 0.29 <= deployment["load_p50_s"] < 0.6
+    assert 0.04 <= deployment["latency_p50_s"] < 0.2  # the requests', not the loads'
+    assert deployment["latency_p99_s"] >= 0.3  # the cold ones waited for their load
+    assert deployment["ongoing"] == 0 and all(r["ongoing"] == 0 for r in deployment["replicas"])
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(get, "a", hold="2")
+        busy = wait_until(lambda: (lambda d: d if d["ongoing"] == 1 else None)(status()),
+                          timeout=5, message="the request in flight was never seen")
+        assert sum(r["ongoing"] for r in busy["replicas"]) == 1
+        assert held.result() == "a"
+    assert status()["ongoing"] == 0  # at once: each replica's own count, not a report's

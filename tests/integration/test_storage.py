@@ -17,7 +17,8 @@ import requests
 
 import modelplex as serve
 from bench.s3_server import CREDENTIALS
-from modelplex import _disk_cache, _stores
+from modelplex._storage import disk_cache as _disk_cache, node as _node_storage
+from modelplex._storage import stores as _stores
 
 from ..conftest import ROOT, wait_until
 from .stores import HTTPStore
@@ -47,9 +48,9 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MODELPLEX_CACHE_DIR", str(directory))
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    _disk_cache.reset()
+    _node_storage.reset()
     yield directory
-    _disk_cache.reset()
+    _node_storage.reset()
 
 
 def data_files(directory) -> list[str]:
@@ -200,7 +201,7 @@ async def test_full_disk_is_507_and_the_cache_recovers(cache_dir, s3, monkeypatc
 
 async def test_byte_budget_evicts_least_recently_used_unheld(cache_dir, s3, monkeypatch):
     monkeypatch.setenv("MODELPLEX_CACHE_MAX_BYTES", "2500")
-    _disk_cache.reset()
+    _node_storage.reset()
     for name in ("a", "b", "c"):
         s3.put("models", {f"t5/{name}.bin": name.encode() * 1000})
     with pytest.raises(serve.DiskCacheFullError):  # bigger than the whole budget

@@ -17,13 +17,12 @@ import threading
 import pytest
 import ray
 import requests
-from ray.cluster_utils import Cluster
 
 import modelplex as serve
 
 from ..conftest import free_port, start_cli, wait_until
 from ..integration.models import make_recorder, read_events
-from .conftest import OBJECT_STORE_BYTES
+from .conftest import OBJECT_STORE_BYTES, ray_cluster
 
 H = "serve_multiplexed_model_id"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,20 +30,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def cluster():
-    node_args = {"object_store_memory": OBJECT_STORE_BYTES}
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, **node_args},
-    )
-    workers = [
-        cluster.add_node(num_cpus=2, resources={"zone_a": 1}, **node_args),
-        cluster.add_node(num_cpus=2, resources={"zone_b": 1}, **node_args),
-    ]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
+    workers = [{"num_cpus": 2, "resources": {"zone_a": 1}}, {"num_cpus": 2, "resources": {"zone_b": 1}}]
+    with ray_cluster(workers) as started:
+        yield started
 
 
 @pytest.fixture
@@ -105,7 +93,7 @@ def test_status_shows_replicas_on_two_nodes(serving):
     assert {r.node for r in replicas} == {zone_a.node_id, zone_b.node_id}
     assert all(r.state == "running" and r.pid for r in replicas)
     done = subprocess.run(
-        [sys.executable, "-m", "modelplex._cli", "status", "--json",
+        [sys.executable, "-m", "modelplex._driver.cli", "status", "--json",
          "--address", serve.list_proxies()[0].url],
         env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60,
     )
@@ -134,6 +122,21 @@ def test_every_node_has_a_proxy_and_two_proxies_load_a_cold_model_once(serving, 
     assert [r.status_code for r in results] == [200] * 40
     assert read_events(events) == ["load cold"]
     assert len({r.json()["pid"] for r in results}) == 1
+
+
+def test_a_node_proxy_holds_a_models_backlog_to_its_bound(serving):
+    """The node proxies' routers get the tenant policy with the replica set, as all do."""
+    from ..integration.test_tenants import get, make_tenants
+
+    serve.run(make_tenants(num_replicas=1, max_ongoing_requests=1,
+                           max_queued_requests_per_model=1).bind())
+    proxy = serve.list_proxies()[1].url
+    assert get(proxy, "noisy", 0).status_code == 200
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: get(proxy, "noisy", 1.5), range(6)))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [200, 200, 429, 429, 429, 429], [r.text for r in answers]
+    assert "Model 'noisy'" in next(r.text for r in answers if r.status_code == 429)
 
 
 def test_cli_points_at_the_cluster(cluster, tmp_path):
@@ -178,7 +181,7 @@ def test_a_proxy_that_cannot_listen_is_a_clear_error(cluster):
     with pytest.raises(RuntimeError, match=f"cannot start the HTTP proxy on node .*{port}"):
         # The head's proxy takes the port; the workers, on the same address here, cannot.
         serve.start(http_options={"port": port}, cluster="ray", proxy_location="every_node")
-    from modelplex import _runtime
+    from modelplex._driver import runtime as _runtime
 
     assert _runtime.current_runtime() is None
     serve.start(http_options={"port": port}, cluster="ray")  # and nothing was left holding it
@@ -245,3 +248,45 @@ def test_a_lost_node_is_replaced_and_serving_goes_on(serving):
     failures = [code for code in outcomes if code != 200]
     assert len(failures) <= 2, failures  # at most the requests in flight on the lost node
     assert outcomes[-20:] == [200] * 20
+
+
+def test_every_node_proxy_serves_grpc_on_a_port_it_reports(cluster, tmp_path):
+    """gRPC on every proxy: with port 0 each node proxy picks its own and list_proxies says
+    which; each answers Ray's health probe and routes an RPC to a replica."""
+    import grpc
+
+    from ..grpc_protos import compile_proto
+
+    pb2, pb2_grpc = compile_proto(tmp_path / "protos")
+    serve.start(
+        http_options={"port": 0}, cluster="ray", proxy_location="every_node",
+        grpc_options={"port": 0, "grpc_servicer_functions": [
+            "inference_pb2_grpc.add_InferenceServicer_to_server"]},
+    )
+    try:
+        serve.run(Answers.bind(), name="answers", route_prefix="/answers")
+        proxies = serve.list_proxies()
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert {p.node_id for p in proxies} == alive and all(p.grpc_port for p in proxies)
+        for proxy in proxies:
+            with grpc.insecure_channel(f"{proxy.host}:{proxy.grpc_port}") as channel:
+                healthz = channel.unary_unary(
+                    "/ray.serve.RayServeAPIService/Healthz", request_serializer=bytes,
+                    response_deserializer=pb2.Health.FromString,
+                )
+                assert healthz(b"", timeout=30).message == "success"
+                reply = pb2_grpc.InferenceStub(channel).Infer(
+                    pb2.InferRequest(text="hi"), timeout=30,
+                    metadata=(("application", "answers"), ("multiplexed_model_id", "m1")),
+                )
+                assert (reply.text, reply.model) == ("hi", "m1")
+    finally:
+        serve.shutdown()
+
+
+@serve.deployment
+class Answers:
+    async def Infer(self, request):
+        import inference_pb2
+
+        return inference_pb2.InferReply(text=request.text, model=serve.get_multiplexed_model_id())

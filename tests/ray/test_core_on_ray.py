@@ -24,6 +24,10 @@ from ..integration.test_examples import (  # noqa: F401
     test_seed_composition,
     test_seed_model_inferencer_over_local_files,
 )
+from ..integration.test_tenants import (  # noqa: F401
+    test_a_quiet_model_is_served_ahead_of_a_flood,
+    test_the_per_model_cap_holds_across_two_replicas_and_two_routers,
+)
 from ..integration.test_ingress import Api, Scorer
 
 
@@ -32,12 +36,18 @@ def test_replicas_are_ray_actors(serve_instance):
     class Where:
         def __call__(self, request):
             context = ray.get_runtime_context()
-            return {"actor": context.get_actor_id(), "node": context.get_node_id()}
+            replica = serve.get_replica_context()  # what Ray gave it, in Ray's names
+            return {"actor": context.get_actor_id(), "node": context.get_node_id(),
+                    "gpu_ids": replica.gpu_ids, "assigned": dict(replica.assigned_resources)}
 
     serve.run(Where.bind())
     handle = serve.get_app_handle("default")
-    actors = {handle.remote(None).result()["actor"] for _ in range(20)}
+    answers = [handle.remote(None).result() for _ in range(20)]
+    actors = {a["actor"] for a in answers}
     assert len(actors) == 2 and None not in actors
+    assert all(a["gpu_ids"] == () and a["assigned"] == {"CPU": 0.5} for a in answers)
+    # Ray is up already: its inventory is ray.init's to say, not serve.start's.
+    assert serve.status().resources == {}
     [proxy] = serve.list_proxies()
     assert proxy.node_id == ray.get_runtime_context().get_node_id()
 
@@ -52,3 +62,13 @@ def test_fastapi_ingress_on_ray(serve_instance):
     assert [m.model_id for m in serve.list_models(deployment_name="Api")] == ["m1"]
     assert requests.get(url + "/compose/m2").json() == {"model": "scorer-m2", "x": 1}
     assert requests.get(url + "/hello/ray", params={"times": "x"}).status_code == 422
+
+
+def test_start_leaves_the_inventory_of_a_running_ray_to_ray(local_ray):
+    import pytest
+
+    from modelplex._driver.runtime import current_runtime
+
+    with pytest.raises(ValueError, match="Ray is already initialized: give num_cpus"):
+        serve.start(cluster="ray", num_gpus=1)
+    assert current_runtime() is None

@@ -34,7 +34,7 @@ def test_driver_proxy_serves_the_replica_actors_metrics(serve_instance):
     def total(name: str) -> float:
         return sum(s.value for s in samples if s.name == name)
 
-    # Per-request figures reach the files within _metrics.FLUSH_S.
+    # Each replica publishes its figures within _obs/folder.PUBLISH_S.
     samples = wait_until(lambda: (lambda got: got if sum(
         s.value for s in got if s.name == "modelplex_deployment_request_counter_total") == 12
         else None)(scrape()), timeout=10, message="the replicas' request counts never arrived")

@@ -9,12 +9,11 @@ import os
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 import modelplex as serve
 from bench.s3_server import CREDENTIALS, S3Server
 
-from .conftest import OBJECT_STORE_BYTES
+from .conftest import ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +27,10 @@ def cluster(tmp_path_factory):
     """A head with no CPUs and two workers with one replica slot each; every Ray worker of
     this job gets the cache directory and the fake S3 keys in its environment."""
     cache = tmp_path_factory.mktemp("artifacts")
-    node_args = {"object_store_memory": OBJECT_STORE_BYTES}
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, **node_args},
-    )
-    workers = [cluster.add_node(num_cpus=1, resources={"slot": 1}, **node_args) for _ in range(2)]
-    cluster.wait_for_nodes()
     env = {"MODELPLEX_CACHE_DIR": str(cache), **CREDENTIALS}
-    ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": env})
-    yield workers, cache
-    ray.shutdown()
-    cluster.shutdown()
+    nodes = [{"num_cpus": 1, "resources": {"slot": 1}}] * 2
+    with ray_cluster(nodes, runtime_env={"env_vars": env}) as (_, workers):
+        yield workers, cache
 
 
 @serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0, "resources": {"slot": 1}})

@@ -116,6 +116,11 @@ def header(response, name: bytes) -> bytes | None:
         (_errors.PayloadTooLargeError("too big"), 413, b"too big"),
         (_errors.HeadersTooLargeError("too many"), 431, b"too many"),
         (_errors.ReplicaDiedError("r#1", "gone"), 503, b"Replica 'r#1' died while serving the request: gone"),
+        (_errors.BackPressureError("app_d", 5, 5), 503,
+         b"Deployment 'app_d' has 5 requests queued, at its limit of 5 (max_queued_requests)."),
+        (_errors.BackPressureError("app_d", 5, 5, "tenant-7", 3), 429,
+         b"Model 'tenant-7' has 5 requests queued in deployment 'app_d', at its limit of 5 "
+         b"(max_queued_requests_per_model)."),
         (_errors.RequestTimeoutError(0.5), 504, b"The request got no answer within 0.5s."),
         (_errors.ModelTooLargeError("m", 5, 1), 507, None),
         (_errors.RemoteError("Odd", "msg", "tb\nmore"), 500, b"Odd: msg"),
@@ -129,12 +134,14 @@ def test_one_table_maps_errors_to_http(exc, status, body):
         assert response.body == body
     assert header(response, b"content-length") == str(len(response.body)).encode()
     assert header(response, b"content-type") == b"text/plain; charset=utf-8"
-    assert (header(response, b"retry-after") is not None) == (status == 503)
+    assert (header(response, b"retry-after") is not None) == (status in (429, 503))
 
 
 def test_table_passes_retry_after_and_http_exception_headers():
     backoff = _errors.ModelLoadBackoffError("m", 3, 4.2, ValueError("x"))
     assert header(error_response(backoff), b"retry-after") == b"5"
     assert header(error_response(_errors.BackPressureError("d", 1, 1)), b"retry-after") == b"1"
+    per_model = pickle.loads(pickle.dumps(_errors.BackPressureError("d", 9, 9, "m", 4)))
+    assert header(error_response(per_model), b"retry-after") == b"4" and per_model.model_id == "m"
     teapot = error_response(HTTPException(418, "short and stout", headers={"X-Pot": "yes"}))
     assert (teapot.status, header(teapot, b"x-pot")) == (418, b"yes")
