@@ -29,7 +29,7 @@ from .._events import NO_CONTROLLER_EVENTS, ControllerEvents
 from .._messages import DeploymentID, ReplicaSet, RouterReport, RouteTable
 from .._specs import DeploymentSpec
 from .._types import CacheLimits
-from .autoscaling import Autoscaling
+from .autoscale.apply import Autoscaling
 from .backends import Backend
 from .channel import ControlChannel
 from .health import HealthChecker

@@ -13,7 +13,7 @@ from typing import Callable
 
 from .._errors import DeploymentFailedError
 from .._events import ControllerEvents
-from .autoscaling import Autoscaling
+from .autoscale.apply import Autoscaling
 from .publisher import Publisher
 from .reconcile import History, Phase, Policy, reconcile
 from .replicas import ReplicaRunner

@@ -19,22 +19,46 @@ from ..conftest import start_on_a_free_port
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 
+def _timed_out(exc: Exception) -> bool:
+    return "timed out during startup" in str(exc)
+
+
 @contextlib.contextmanager
 def ray_cluster(workers: list[dict], **init) -> Iterator[tuple[object, list]]:
     """A head with no CPUs and the given worker nodes on this machine, with this process
     connected; shut down however it ends, a node that failed to start included (else the
-    next module's ``ray.init`` would find the half-started cluster)."""
+    next module's ``ray.init`` would find the half-started cluster).
+
+    A raylet that misses Ray's 30 s to register (``init_local_ray`` says when) gets the
+    whole cluster started once more, after a pause."""
+    import time
+
     import ray
     from ray.cluster_utils import Cluster
 
     node_args = {"object_store_memory": OBJECT_STORE_BYTES}
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, **node_args},
-    )
+
+    def start() -> tuple[Cluster, list]:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 0, "include_dashboard": False, **node_args},
+        )
+        try:
+            nodes = [cluster.add_node(**node_args, **worker) for worker in workers]
+            cluster.wait_for_nodes()
+        except BaseException:
+            cluster.shutdown()
+            raise
+        return cluster, nodes
+
     try:
-        nodes = [cluster.add_node(**node_args, **worker) for worker in workers]
-        cluster.wait_for_nodes()
+        cluster, nodes = start()
+    except Exception as exc:
+        if not _timed_out(exc):
+            raise
+        time.sleep(5)
+        cluster, nodes = start()
+    try:
         ray.init(address=cluster.address, log_to_driver=False, **init)
         yield cluster, nodes
     finally:
@@ -59,7 +83,7 @@ def init_local_ray(**options) -> None:
     try:
         ray.init(**options)
     except Exception as exc:
-        if "timed out during startup" not in str(exc):
+        if not _timed_out(exc):
             raise
         ray.shutdown()
         time.sleep(5)

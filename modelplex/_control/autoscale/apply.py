@@ -2,8 +2,8 @@
 (and to the status's ``Figures``), its decisions become targets, and a scale-down hands the
 leaving replica's hot models to the survivors before it stops.
 
-The decisions themselves are the pure policy's (``autoscale/``); this only feeds it and applies
-what it says.
+The decisions themselves are the pure policy's (``policy.py``, its state kept by ``scaler.py``);
+this module only feeds it and applies what it says.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import asyncio
 import logging
 from typing import Callable
 
-from .._messages import DeploymentID, ModelEvents, RouterReport
-from .autoscale.scaler import Scaler
-from .figures import Figures, Stats
-from .publisher import Publisher
-from .reconcile import Phase
-from .replicas import ReplicaRunner
-from .rpc import Requests
-from .state import Deployment, Replica
-from .targets import Targets
-from .waits import Clock
+from ..._messages import DeploymentID, ModelEvents, RouterReport
+from ..figures import Figures, Stats
+from ..publisher import Publisher
+from ..reconcile import Phase
+from ..replicas import ReplicaRunner
+from ..rpc import Requests
+from ..state import Deployment, Replica
+from ..targets import Targets
+from ..waits import Clock
+from .scaler import Scaler
 
 __all__ = ["Autoscaling"]
 
